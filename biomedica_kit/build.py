@@ -101,7 +101,9 @@ def process_package(ref: PackageRef, cfg: BuildConfig) -> PackageResult:
     rows, samples, skips = [], [], []
     for xml_name in xmls:
         try:
-            articles = parse_jats(pkg.files[xml_name], source_file=xml_name, files=pkg.names)
+            # Refused members are listed too, so a figure pointing at one says why it is missing.
+            articles = parse_jats(pkg.files[xml_name], source_file=xml_name,
+                                  files=[*pkg.names, *pkg.rejected])
         except JatsError as exc:
             rows.append(_article_row(
                 id=ref.pmcid or (ref.name if len(xmls) == 1 else f"{ref.name}/{xml_name}"),

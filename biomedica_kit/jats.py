@@ -142,7 +142,12 @@ def parse_xml(data: bytes) -> etree._ElementTree:
         root = etree.fromstring(data, safe_parser())
     except etree.XMLSyntaxError as exc:
         msg = str(exc)
-        reason = "encoding_error" if "ncoding" in msg or "UTF-8" in msg else "malformed_xml"
+        if "entit" in msg.lower():  # libxml2's own amplification / entity-loop guards
+            reason = "xml_entities"
+        elif "ncoding" in msg or "UTF-8" in msg:
+            reason = "encoding_error"
+        else:
+            reason = "malformed_xml"
         raise JatsError(reason, msg) from None
     except ValueError as exc:  # lxml raises ValueError for some encoding declarations
         raise JatsError("encoding_error", str(exc)) from None
@@ -278,7 +283,7 @@ def _abstract(meta) -> str | None:
 
 
 _MONTHS = {m: i for i, m in enumerate(
-    "jan feb mar apr may jun jul aug sep oct nov dec".split(), start=1)}
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
 # Publication date preference: electronic publication first (what PMC shows), then print, then
 # the issue/collection date; the pmc-release embargo date is only a last resort.
 _DATE_PREF = ("epub", "publication", "pub", "ppub", "epub-ppub", "collection", "pmc-release")
@@ -561,6 +566,9 @@ class _TextBuilder:
         return "".join(self.parts).strip()
 
 
+_MATH_TEXT = ".//text()[not(ancestor::*[starts-with(local-name(), 'annotation')])]"
+
+
 def _walk(el, tb: _TextBuilder, skip: set[str], marks: dict[int, list[int]] | None) -> None:
     tag = _local(el.tag) if isinstance(el.tag, str) else ""
     if tag in skip or tag in _SKIP_TEXT:
@@ -573,6 +581,10 @@ def _walk(el, tb: _TextBuilder, skip: set[str], marks: dict[int, list[int]] | No
             pick = next((k for k in kids if _local(k.tag) not in _SKIP_TEXT), None)
         if pick is not None:
             _walk(pick, tb, skip, marks)
+        return
+    if tag == "math":
+        # Flatten MathML to its tokens; indentation between tokens is layout, not spacing.
+        tb.add("".join(t.strip() for t in el.xpath(_MATH_TEXT)))
         return
     mark = marks.get(id(el)) if marks is not None else None
     if mark is not None:

@@ -161,9 +161,10 @@ class ShardWriter:
         self._final = d / name
         self._final_rel = self._final.relative_to(self.root).as_posix()
         self._tmp = d / f"{TMP_PREFIX}{name}.{os.getpid()}"
-        self._raw = open(self._tmp, "wb")
+        # The shard stays open across write() calls; _finish/abort close it.
+        self._raw = open(self._tmp, "wb")  # noqa: SIM115
         self._hf = _HashingFile(self._raw)
-        self._tar = tarfile.open(fileobj=self._hf, mode="w", format=tarfile.GNU_FORMAT)
+        self._tar = tarfile.open(fileobj=self._hf, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
         self._count = 0
         self._first = self._last = None
 

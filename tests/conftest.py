@@ -1,0 +1,47 @@
+"""Shared fixtures: the real corpus beside the checkout (../shared) and datasets built from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CORPUS = SHARED / "corpus" / "pmc_oa"
+SAMPLE = ROOT / "data" / "sample" / "packages"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The real PMC OA corpus; its absence is an error, not a skip."""
+    assert CORPUS.is_dir(), f"real corpus missing at {CORPUS} (../shared must sit beside the repo)"
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """A dataset built once per session from the bundled sample (data/sample/packages)."""
+    from biomedica_kit.build import build
+
+    out = tmp_path_factory.mktemp("sample") / "ds"
+    build(SAMPLE, out, workers=1, progress=False)
+    return out
+
+
+def make_tar(dest: Path, folder: str, members: dict[str, bytes]) -> Path:
+    """Write a PMC-style package: a .tar.gz holding ``folder/<name>`` for each member."""
+    import io
+    import tarfile
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+def folder_members(folder: Path) -> dict[str, bytes]:
+    """Every file of a corpus article folder, by name."""
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
