@@ -105,12 +105,14 @@ class ShardWriter:
         max_samples: int = 10_000,
         max_bytes: int = 1 << 30,
         start: int = 0,
+        name: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.subset = subset
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.next_index = start
+        self.name = name  # a fixed file name, for one-shard rewrites (new dataset versions)
         self.finished: list[ShardInfo] = []
         self.locations: list[MemberLocation] = []
         self._tar: tarfile.TarFile | None = None
@@ -154,7 +156,7 @@ class ShardWriter:
         return self.finished
 
     def _open(self) -> None:
-        name = f"{self.subset}-{self.next_index:06d}.tar"
+        name = self.name or f"{self.subset}-{self.next_index:06d}.tar"
         self.next_index += 1
         d = self.root / "shards" / self.subset
         d.mkdir(parents=True, exist_ok=True)
@@ -328,6 +330,11 @@ def verify(root: Path, *, check_report: bool = True) -> VerifyResult:
                 res.warnings.append(f"{rel}: not in the current manifest (older version?)")
     if check_report:
         _check_report(root, manifest, res)
+    if manifest.get("change"):
+        from biomedica_kit.versions import verify_change
+
+        check = verify_change(root, manifest)
+        res.errors.extend(f"change from parent: {e}" for e in check.errors)
     return res
 
 
