@@ -81,8 +81,22 @@ def _article_row(**kw) -> dict:
 
 
 def process_package(ref: PackageRef, cfg: BuildConfig) -> PackageResult:
-    """Turn one package into samples; never raises for bad input (it is recorded instead)."""
+    """Turn one package into samples; never raises for bad input (it is recorded instead).
+
+    An unexpected exception (a parser bug meeting new XML) fails only this package, recorded as
+    ``internal_error`` with the exception, so one odd article cannot stop a 6M-article run.
+    """
     t0 = time.perf_counter()
+    try:
+        return _process_package(ref, cfg, t0)
+    except Exception as exc:  # noqa: BLE001 - recorded per package, never swallowed silently
+        row = _article_row(id=ref.pmcid or ref.name, package=ref.name, pmcid=ref.pmcid,
+                           pmid=ref.pmid, status="failed", reason="internal_error",
+                           detail=f"{type(exc).__name__}: {exc}"[:500])
+        return PackageResult(ref.name, [row], [], [], time.perf_counter() - t0)
+
+
+def _process_package(ref: PackageRef, cfg: BuildConfig, t0: float) -> PackageResult:
     if ref.duplicate_of:
         row = _article_row(id=ref.name, package=ref.name, status="skipped",
                            reason="duplicate_package", detail=f"same package as {ref.duplicate_of}")

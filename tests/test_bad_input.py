@@ -184,3 +184,26 @@ def test_interrupted_writer_leaves_no_partial_shard(corpus, tmp_path, monkeypatc
         build(src, tmp_path / "ds", workers=1, progress=False)
     left = [p.name for p in (tmp_path / "ds").rglob("*") if p.is_file()]
     assert left == []  # neither a temp file nor a half-written .tar, nor a manifest
+
+
+def test_unexpected_error_fails_only_that_package(corpus, tmp_path, monkeypatch):
+    import biomedica_kit.build as b
+
+    real = b.parse_jats
+
+    def flaky(data, **kw):
+        if kw.get("source_file") == XML:
+            raise RuntimeError("parser bug")
+        return real(data, **kw)
+
+    monkeypatch.setattr(b, "parse_jats", flaky)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (f"{PKG}.tar.gz", "elife-19405.tar.gz"):
+        (src / name).write_bytes((corpus / name).read_bytes())
+    s = build(src, tmp_path / "ds", workers=1, progress=False)
+    rows = {r["package"]: r for r in
+            pq.read_table(tmp_path / "ds/report/articles.parquet").to_pylist()}
+    assert (rows[PKG]["reason"], rows[PKG]["detail"]) == ("internal_error",
+                                                          "RuntimeError: parser bug")
+    assert rows["elife-19405"]["status"] == "ok" and s.samples == 1
