@@ -22,6 +22,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from biomedica_kit.enrich import sample_fields
 from biomedica_kit.images import ImagePolicy, ImageRejected, process_image
 from biomedica_kit.jats import JatsError, parse_jats
 from biomedica_kit.licenses import CATEGORIES, LicenseInfo, with_file_list
@@ -44,6 +45,9 @@ class BuildConfig:
     shard_max_bytes: int = 1 << 30
     image: ImagePolicy = field(default_factory=ImagePolicy)
     package: PackageLimits = field(default_factory=PackageLimits)
+    #: An Entrez cache folder (``biomedica enrich``'s); cached PubMed records are merged into the
+    #: samples at build time, so no second version is needed for them.
+    entrez_cache: str | None = None
 
 
 @dataclass
@@ -185,9 +189,12 @@ def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
                 continue
             image_set[-1]["image_hash"] = img.sha256
             pending.append((key, fi, fig, g, img))
+    pubmed = _cached_pubmed(fields.get("pmid"), cfg.entrez_cache)
     for key, fi, fig, g, img in pending:
         meta = sample_record(key=key, art=fields, fig=fig, graphic=g, image=img,
                              figure_index=fi, image_set=image_set)
+        if pubmed is not None:
+            meta.update(sample_fields(pubmed, has_abstract=bool(meta.get("article_abstract"))))
         samples.append(Sample(key, subset, img.data, img.ext, fig.caption, meta))
     row = _article_row(
         id=art.id, package=ref.name, pmcid=art.pmcid, pmid=fields.get("pmid"), doi=art.doi,
@@ -195,6 +202,14 @@ def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
         license_category=subset, license_source=art.license_source,
         n_figures=len(art.figures), n_images=n_images, n_samples=len(samples))
     return row, samples, skips
+
+
+def _cached_pubmed(pmid: str | None, cache: str | None) -> dict | None:
+    if not (pmid and cache):
+        return None
+    from biomedica_kit.entrez import load_cached
+
+    return load_cached([pmid], cache).get(str(pmid))
 
 
 # ----------------------------------------------------------------------------- distributors

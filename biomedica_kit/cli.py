@@ -59,9 +59,11 @@ def parse(files: tuple[str, ...], indent: int | None) -> None:
 @click.option("--max-side", type=int, default=4096, show_default=True,
               help="Downscale images whose longer side exceeds this.")
 @click.option("--jpeg-quality", type=int, default=90, show_default=True)
+@click.option("--entrez-cache", type=click.Path(file_okay=False),
+              help="Merge PubMed records already in this Entrez cache into the samples.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(source, out, file_list, workers, limit, shard_samples, shard_bytes, max_side,
-          jpeg_quality, quiet) -> None:
+          jpeg_quality, entrez_cache, quiet) -> None:
     """Build WebDataset shards, manifest and report from SOURCE into OUT.
 
     Exits 0 when the run completed, even if some articles failed (see OUT/report/).
@@ -71,7 +73,8 @@ def build(source, out, file_list, workers, limit, shard_samples, shard_bytes, ma
     from biomedica_kit.images import ImagePolicy
 
     cfg = BuildConfig(shard_max_samples=shard_samples, shard_max_bytes=shard_bytes,
-                      image=ImagePolicy(max_side=max_side, jpeg_quality=jpeg_quality))
+                      image=ImagePolicy(max_side=max_side, jpeg_quality=jpeg_quality),
+                      entrez_cache=str(Path(entrez_cache).resolve()) if entrez_cache else None)
     try:
         s = run_build(source, out, file_list=file_list, workers=workers, limit=limit, config=cfg,
                       progress=not quiet)
@@ -107,3 +110,26 @@ def verify(dataset: str) -> None:
     click.echo(f"{'OK' if res.ok else 'FAILED'}: {res.shards} shards, {res.samples} samples, "
                f"{len(res.errors)} errors")
     sys.exit(0 if res.ok else 1)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--eutils-url", default=None,
+              help="E-utilities base URL (default: NCBI's eutils).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Entrez cache folder (default: DATASET/cache/entrez).")
+@click.option("--email", default=None, envvar="NCBI_EMAIL", help="Contact e-mail sent to NCBI.")
+@click.option("--api-key", default=None, envvar="NCBI_API_KEY", help="NCBI API key (10 req/s).")
+@click.option("--rate", type=float, default=None,
+              help="Requests per second (default 3, 10 with a key).")
+@click.option("--offline", is_flag=True, help="Use only records already in the cache.")
+def enrich(dataset, eutils_url, cache_dir, email, api_key, rate, offline) -> None:
+    """Add PubMed (Entrez) fields to DATASET: metadata/entrez.parquet and a new version."""
+    from biomedica_kit.enrich import enrich as run_enrich
+
+    s = run_enrich(dataset, eutils_url=eutils_url, cache_dir=cache_dir, email=email,
+                   api_key=api_key, rate=rate, fetch=not offline, progress=True)
+    click.echo(f"pmids {s.pmids}  " + " ".join(f"{k}={v}" for k, v in sorted(s.counts.items())))
+    click.echo(f"samples changed {s.samples_changed}  version {s.dataset_version}"
+               + (f" (parent {s.parent})" if s.parent else " (unchanged)"))
+    click.echo(f"entrez table {s.entrez_table}")
