@@ -160,6 +160,10 @@ def parse_xml(data: bytes) -> etree._ElementTree:
     return tree
 
 
+_INLINE_TAGS = ("italic", "bold", "sup", "sub", "sc", "underline", "monospace", "roman",
+                "sans-serif", "overline", "strike", "named-content", "styled-content", "abbrev",
+                "ext-link", "uri", "email", "span")
+_XMLNS = re.compile(rb'xmlns(?::[\w.-]+)?\s*=\s*["\']([^"\']*)["\']')
 _OUTER_ARTICLES = "//*[local-name()='article' and not(ancestor::*[local-name()='article'])]"
 
 
@@ -180,8 +184,16 @@ def parse_jats(
     index = _FileIndex(files or ())
     stem = PurePosixPath(source_file).stem if source_file else None
     out = []
+    # Namespaces declared anywhere in the document, MathML aside: their elements get renamed.
+    uris = {u.decode("utf-8", "replace") for u in _XMLNS.findall(data)} - {MML[1:-1]}
     for n, el in enumerate(articles):
-        _strip_namespaces_jats(el)
+        _strip_namespaces(el, uris)
+        # Inline formatting carries no structure we read; merging it into its parent's text in C
+        # shrinks the tree the Python text walker visits several-fold.
+        for x in el.iter("xref"):
+            if x.get("ref-type") not in ("fig", "table"):
+                x.tag = "inline-xref"
+        etree.strip_tags(el, *_INLINE_TAGS, "inline-xref")
         fallback = stem if len(articles) == 1 else (f"{stem}-{n + 1}" if stem else None)
         out.append(_article(el, index, source_file, fallback))
     return out
@@ -481,13 +493,18 @@ class _FileIndex:
 def _citations(article: etree._Element) -> dict[str, list[InlineRef]]:
     """Map figure/table id -> distinct citing paragraphs of the main article, document order."""
     out: dict[str, list[InlineRef]] = {}
-    for p in article.iter("p"):
-        if _inside(p, article, {"caption", "fig", "table-wrap", "sub-article", "response",
-                                "ref-list", "abstract", "front", "p"}):
+    # Group citing xrefs by their innermost paragraph (document order is kept by dict order).
+    by_p: dict[etree._Element, list[etree._Element]] = {}
+    for x in article.iter("xref"):
+        if x.get("ref-type") not in ("fig", "table") or not x.get("rid"):
             continue
-        xrefs = [x for x in p.iter("xref") if x.get("ref-type") in ("fig", "table")
-                 and x.get("rid")]
-        if not xrefs:
+        # The outermost paragraph: a list nested in a paragraph is part of that paragraph.
+        p = next(reversed(list(x.iterancestors("p"))), None)
+        if p is not None and not _inside(x, p, _FLOATS):
+            by_p.setdefault(p, []).append(x)
+    for p, xrefs in by_p.items():
+        if _inside(p, article, {"caption", "fig", "table-wrap", "sub-article", "response",
+                                "ref-list", "abstract", "front"}):
             continue
         text, spans = _text_with_spans(p, xrefs)
         if not text:
@@ -515,16 +532,22 @@ def _section_title(p, article) -> str | None:
     return None
 
 
+_BOUNDARY = re.compile(r"[.!?]['\")\]]*\s+(?=[A-Z0-9(\[])")
+_LAST_WORD = re.compile(r"[A-Za-z.]+$")
+
+
 def _sentences(text: str) -> list[tuple[str, tuple[int, int]]]:
     """Split prose into sentences with their spans, not breaking after common abbreviations."""
     out = []
     start = 0
-    for m in re.finditer(r"[.!?]['\")\]]*\s+(?=[A-Z0-9(\[])", text):
-        end = m.start() + 1
-        prev = re.search(r"([A-Za-z.]+)\.?$", text[start:end].rstrip("."))
-        word = prev.group(1).lower().rstrip(".") if prev else ""
-        if word in _ABBREV or (len(word) == 1 and word.isalpha()):
-            continue
+    for m in _BOUNDARY.finditer(text):
+        end = m.start()  # the terminator
+        if text[end] == ".":
+            # The word before the dot (abbreviations are short: a small window is enough).
+            prev = _LAST_WORD.search(text, max(start, end - 16), end)
+            word = prev.group(0).lower().strip(".") if prev else ""
+            if word in _ABBREV or (len(word) == 1 and word.isalpha()):
+                continue
         out.append((text[start:m.end()].strip(), (start, m.end())))
         start = m.end()
     if start < len(text):
@@ -535,42 +558,16 @@ def _sentences(text: str) -> list[tuple[str, tuple[int, int]]]:
 # ---------------------------------------------------------------------------- text helpers
 
 
-class _TextBuilder:
-    """Accumulates readable text with collapsed whitespace, tracking character offsets."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.length = 0
-        self.space = True  # the last char emitted was a space (or nothing yet)
-
-    def add(self, s: str | None) -> None:
-        if not s:
-            return
-        for chunk in re.split(r"(\s+)", s):
-            if not chunk:
-                continue
-            if chunk.isspace():
-                self.gap()
-            else:
-                self.parts.append(chunk)
-                self.length += len(chunk)
-                self.space = False
-
-    def gap(self) -> None:
-        if not self.space:
-            self.parts.append(" ")
-            self.length += 1
-            self.space = True
-
-    def text(self) -> str:
-        return "".join(self.parts).strip()
-
-
+_WS = re.compile(r"\s+")
+# Private-use sentinels bracketing a marked element's text, so spans survive normalisation.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_MARKS = re.compile(f"([{_OPEN}{_CLOSE}])")
 _MATH_TEXT = ".//text()[not(ancestor::*[starts-with(local-name(), 'annotation')])]"
 
 
-def _walk(el, tb: _TextBuilder, skip: set[str], marks: dict[int, list[int]] | None) -> None:
-    tag = _local(el.tag) if isinstance(el.tag, str) else ""
+def _walk(el, out: list[str], skip: set[str], marks: set | None) -> None:
+    """Append ``el``'s raw text pieces to ``out`` (whitespace is normalised once, later)."""
+    tag = _local(el.tag)
     if tag in skip or tag in _SKIP_TEXT:
         return  # the caller still adds this element's tail
     if tag == "alternatives":
@@ -580,48 +577,65 @@ def _walk(el, tb: _TextBuilder, skip: set[str], marks: dict[int, list[int]] | No
         if pick is None:
             pick = next((k for k in kids if _local(k.tag) not in _SKIP_TEXT), None)
         if pick is not None:
-            _walk(pick, tb, skip, marks)
+            _walk(pick, out, skip, marks)
         return
     if tag == "math":
         # Flatten MathML to its tokens; indentation between tokens is layout, not spacing.
-        tb.add("".join(t.strip() for t in el.xpath(_MATH_TEXT)))
+        out.append("".join(t.strip() for t in el.xpath(_MATH_TEXT)))
         return
-    mark = marks.get(id(el)) if marks is not None else None
-    if mark is not None:
-        mark.append(tb.length)
+    marked = marks is not None and el in marks
+    if marked:
+        out.append(_OPEN)
     if tag in _BLOCK:
-        tb.gap()
-    tb.add(el.text)
+        out.append(" ")
+    if el.text:
+        out.append(el.text)
     for child in el:
         if isinstance(child.tag, str):
-            _walk(child, tb, skip, marks)
-        tb.add(child.tail)
+            _walk(child, out, skip, marks)
+        if child.tail:
+            out.append(child.tail)
     if tag in _BLOCK:
-        tb.gap()
-    if mark is not None:
-        mark.append(tb.length)
+        out.append(" ")
+    if marked:
+        out.append(_CLOSE)
 
 
 def _text(el, skip_tags: set[str] | None = None) -> str:
     """Readable text of an element: whitespace collapsed, MathML flattened to its tokens."""
     if el is None:
         return ""
-    tb = _TextBuilder()
-    _walk(el, tb, skip_tags or set(), None)
-    return tb.text()
+    out: list[str] = []
+    _walk(el, out, skip_tags or set(), None)
+    return " ".join("".join(out).split())
+
+
+# Floats anchored inside a paragraph are not part of its prose.
+_FLOATS = {"fig", "fig-group", "table-wrap", "table-wrap-group", "table", "boxed-text",
+           "supplementary-material", "media"}
 
 
 def _text_with_spans(el, targets: list) -> tuple[str, list[tuple[int, int]]]:
-    tb = _TextBuilder()
-    marks: dict[int, list[int]] = {id(t): [] for t in targets}
-    _walk(el, tb, set(), marks)
-    raw = "".join(tb.parts)
-    lead = len(raw) - len(raw.lstrip())
-    spans = []
-    for t in targets:
-        m = marks[id(t)]
-        spans.append((m[0] - lead, m[1] - lead) if len(m) == 2 else (0, 0))
-    return raw.strip(), spans
+    """Text of ``el`` plus the (start, end) character span of each target element in it."""
+    out: list[str] = []
+    _walk(el, out, _FLOATS, set(targets))
+    pieces: list[str] = []
+    pos = 0
+    opened: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for part in _MARKS.split(_WS.sub(" ", "".join(out))):
+        if part == _OPEN:
+            opened.append(pos)
+        elif part == _CLOSE:
+            spans.append((opened.pop(), pos))
+        elif part:
+            if pieces and pieces[-1].endswith(" ") and part.startswith(" "):
+                part = part[1:]  # a sentinel split a run of whitespace
+            pieces.append(part)
+            pos += len(part)
+    text = "".join(pieces)
+    lead = len(text) - len(text.lstrip())
+    return text.strip(), [(a - lead, b - lead) for a, b in spans]
 
 
 def _squash(s: str) -> str:
@@ -649,16 +663,17 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def _local(tag) -> str:
-    return etree.QName(tag).localname if isinstance(tag, str) else ""
+    if not isinstance(tag, str):
+        return ""  # comments and processing instructions
+    return tag.rpartition("}")[2]
 
 
-def _strip_namespaces_jats(el: etree._Element) -> None:
-    """Drop the JATS default namespace some publishers add, so plain tag names match.
+def _strip_namespaces(el: etree._Element, uris: set[str]) -> None:
+    """Drop the JATS default namespace (and ALI's, ...) from element tags so plain names match.
 
-    MathML, XLink and ALI namespaces are kept (attributes are looked up by their namespace);
-    only element tags in a non-MathML namespace are renamed to their local name.
+    MathML keeps its namespace; attributes (``xlink:href``) are untouched. Iterating per
+    namespace with lxml's tag filter keeps the scan in C.
     """
-    for node in el.iter():
-        if isinstance(node.tag, str) and node.tag.startswith("{") and not node.tag.startswith(
-                MML):
+    for uri in uris:
+        for node in list(el.iter(f"{{{uri}}}*")):
             node.tag = etree.QName(node.tag).localname
