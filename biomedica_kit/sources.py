@@ -1,26 +1,42 @@
-"""Where packages come from: a local folder (NCBI layout with oa_file_list.csv, or a plain folder
-of packages) and the PMC OA file list that describes them.
+"""Where packages come from, and which of them a build takes.
+
+A *source* is a PMC OA mirror in NCBI's layout (``oa_file_list.csv`` at its root, packages at
+each row's ``File`` path, e.g. ``oa_package/1e/a1/PMC11376217.tar.gz``), given as a local folder
+or as an ``http(s)://`` base URL (NCBI serves it at ``https://ftp.ncbi.nlm.nih.gov/pub/pmc/``).
+A local folder without a file list is also a source: every archive, article folder and loose
+XML file at its top is a package.
+
+:class:`Selection` picks packages from the file list (licence category, Last Updated range,
+publication year from the citation, PMCIDs, a limit) before anything is downloaded.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from biomedica_kit.licenses import CATEGORIES, category_of, license_code
 from biomedica_kit.packages import ARCHIVE_SUFFIXES, XML_EXTS, package_stem
 
 FILE_LIST = "oa_file_list.csv"
+LAST_UPDATED = "Last Updated (YYYY-MM-DD HH:MM:SS)"
 #: The columns of NCBI's oa_file_list.csv, in order.
-FILE_LIST_COLUMNS = ("File", "Article Citation", "Accession ID",
-                     "Last Updated (YYYY-MM-DD HH:MM:SS)", "PMID", "License")
+FILE_LIST_COLUMNS = ("File", "Article Citation", "Accession ID", LAST_UPDATED, "PMID", "License")
 
 
 @dataclass(frozen=True)
 class PackageRef:
-    """One package to process, with what the file list says about it (if anything)."""
+    """One package to process, with what the file list says about it (if anything).
+
+    The reader fills the file-list fields; the fetch stage fills ``sha256``/``size`` (and points
+    ``location`` at the downloaded copy) or ``failure`` when the package could not be had.
+    """
 
     name: str  # package stem, e.g. PMC11376217
     location: str  # local path (or URL for remote sources)
@@ -31,21 +47,66 @@ class PackageRef:
     last_updated: str | None = None
     license: str | None = None
     duplicate_of: str | None = None  # set when another package with the same name wins
+    sha256: str | None = None  # content hash, when already known (downloaded packages)
+    size: int | None = None  # bytes (archive) or summed file bytes (folder)
+    mtime_ns: int | None = None  # newest modification time, for local change detection
+    failure: str | None = None  # "reason: detail" when the package could not be fetched
+
+    @property
+    def id(self) -> str:
+        """Unique key of the package within its source: the File path, else the entry name.
+
+        Not the stem: a flat folder may hold ``PMC1.tar.gz`` and a ``PMC1/`` folder side by
+        side, and both are recorded.
+        """
+        return self.file or PurePosixPath(self.location.replace(os.sep, "/")).name
+
+
+def is_remote(source: str | os.PathLike) -> bool:
+    """True for an ``http(s)://`` source."""
+    return str(source).lower().startswith(("http://", "https://"))
+
+
+def source_uri(source: str | os.PathLike) -> str:
+    """A normalised name of a source (absolute path, or URL with a trailing slash).
+
+    Recorded in the manifest so a re-run can tell whether it continues the same source.
+    """
+    s = str(source)
+    if is_remote(s):
+        return s if s.endswith("/") else s + "/"
+    return str(Path(s).resolve())
+
+
+# ------------------------------------------------------------------------------ file list
+
+
+def iter_file_list(data: bytes | str | os.PathLike) -> Iterator[dict[str, str]]:
+    """Stream the rows of NCBI's oa_file_list.csv (bytes, text, or a path) as dicts.
+
+    Streaming matters: the real list has ~6.4M rows, and selection keeps only a few.
+    """
+    if isinstance(data, bytes):
+        yield from _rows(io.StringIO(data.decode("utf-8-sig")))
+    elif isinstance(data, str) and "\n" in data:
+        yield from _rows(io.StringIO(data))
+    else:
+        with open(data, encoding="utf-8-sig", newline="") as f:
+            yield from _rows(f)
+
+
+def _rows(f) -> Iterator[dict[str, str]]:
+    reader = csv.DictReader(f)
+    missing = [c for c in ("File", "Accession ID") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"file list lacks columns {missing}; has {reader.fieldnames}")
+    for row in reader:
+        yield {k: (v or "").strip() for k, v in row.items() if k}
 
 
 def read_file_list(data: bytes | str | os.PathLike) -> list[dict[str, str]]:
     """Parse NCBI's oa_file_list.csv (bytes, text, or a path) into dict rows."""
-    if isinstance(data, bytes):
-        text = data.decode("utf-8-sig")
-    elif isinstance(data, str) and "\n" in data:
-        text = data
-    else:
-        text = Path(data).read_text(encoding="utf-8-sig")
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in ("File", "Accession ID") if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"file list lacks columns {missing}; has {reader.fieldnames}")
-    return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+    return list(iter_file_list(data))
 
 
 def ref_from_row(row: dict[str, str], location: str) -> PackageRef:
@@ -57,7 +118,7 @@ def ref_from_row(row: dict[str, str], location: str) -> PackageRef:
         pmcid=row.get("Accession ID") or None,
         pmid=row.get("PMID") or None,
         citation=row.get("Article Citation") or None,
-        last_updated=row.get("Last Updated (YYYY-MM-DD HH:MM:SS)") or None,
+        last_updated=row.get(LAST_UPDATED) or None,
         license=row.get("License") or None,
     )
 
@@ -69,6 +130,167 @@ def write_file_list(rows: list[dict[str, str]], path: Path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow(r)
+
+
+def refs_from_file_list(rows: Iterable[dict[str, str]], base: str) -> Iterator[PackageRef]:
+    """PackageRefs for file-list rows of a mirror at ``base`` (a folder or a URL)."""
+    remote = is_remote(base)
+    for row in rows:
+        rel = row["File"]
+        loc = base.rstrip("/") + "/" + rel.lstrip("/") if remote else str(Path(base) / rel)
+        yield ref_from_row(row, loc)
+
+
+# ------------------------------------------------------------------------------ selection
+
+_YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
+
+
+def citation_year(citation: str | None) -> int | None:
+    """Publication year in a file-list citation (``Nucleic Acids Res. 2024 Sep 5; 52:e74``).
+
+    The first 18xx/19xx/20xx token: NCBI's citations are ``<journal>. <year> <month> <day>;
+    <volume>(<issue>):<pages>``, and journal abbreviations do not hold four-digit numbers.
+    """
+    m = _YEAR.search(citation or "")
+    return int(m.group(1)) if m else None
+
+
+def license_category(value: str | None) -> str | None:
+    """BIOMEDICA category of a file-list ``License`` value; None when the list gives none."""
+    if not value:
+        return None
+    return category_of(license_code(value) or "other")
+
+
+def normalise_pmcid(value: str) -> str | None:
+    """``PMC123``, ``pmc123`` or ``123`` -> ``PMC123``; None when there are no digits."""
+    m = re.search(r"(\d+)", value)
+    return f"PMC{m.group(1)}" if m else None
+
+
+def parse_pmcids(value: str | os.PathLike | Iterable[str]) -> frozenset[str]:
+    """PMCIDs from a comma/whitespace list, a file of them (one or more per line), or an iterable.
+
+    A string that names an existing file is read as a file.
+    """
+    if isinstance(value, str | os.PathLike) and Path(value).is_file():
+        text = Path(value).read_text(encoding="utf-8-sig")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = " ".join(value)
+    ids = {normalise_pmcid(tok) for tok in re.split(r"[\s,;]+", text) if tok.strip()}
+    ids.discard(None)
+    return frozenset(ids)
+
+
+def _timestamp(value: str, end: bool) -> str:
+    """A ``--since``/``--until`` bound as a comparable ``YYYY-MM-DD HH:MM:SS`` string."""
+    v = value.strip().replace("T", " ")
+    if re.fullmatch(r"\d{4}", v):
+        v += "-12-31" if end else "-01-01"
+    if re.fullmatch(r"\d{4}-\d{2}", v):
+        v += "-31" if end else "-01"
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+        v += " 23:59:59" if end else " 00:00:00"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?", v):
+        raise ValueError(f"not a date: {value!r} (use YYYY, YYYY-MM, YYYY-MM-DD[ HH:MM:SS])")
+    return v if len(v) == 19 else v + (":59" if end else ":00")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which packages of a source a build takes. Every criterion given must hold.
+
+    * ``licenses``: BIOMEDICA categories (commercial / noncommercial / other) of the file list's
+      ``License`` column. A package with no ``License`` value (no file list) is not selected
+      when this is set: its category is only known after parsing.
+    * ``since`` / ``until``: inclusive bounds on ``Last Updated`` (``YYYY``, ``YYYY-MM``,
+      ``YYYY-MM-DD`` or a full timestamp; a bare date includes its whole day).
+    * ``years``: inclusive publication-year range, read from the citation (:func:`citation_year`).
+    * ``pmcids``: Accession IDs to keep.
+    * ``limit``: the first N packages that pass, in file-list order.
+    """
+
+    licenses: frozenset[str] | None = None
+    since: str | None = None
+    until: str | None = None
+    years: tuple[int, int] | None = None
+    pmcids: frozenset[str] | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.licenses is not None:
+            bad = set(self.licenses) - set(CATEGORIES)
+            if bad:
+                raise ValueError(f"unknown licence categories {sorted(bad)}; use {CATEGORIES}")
+        # Normalise the bounds once, so matching is a plain string comparison.
+        if self.since:
+            object.__setattr__(self, "since", _timestamp(self.since, end=False))
+        if self.until:
+            object.__setattr__(self, "until", _timestamp(self.until, end=True))
+        if self.limit is not None and self.limit < 0:
+            raise ValueError("limit must be >= 0")
+
+    @property
+    def filters(self) -> bool:
+        """True when any criterion other than ``limit`` is set."""
+        return any(x is not None for x in (self.licenses, self.since, self.until, self.years,
+                                           self.pmcids))
+
+    def matches(self, ref: PackageRef) -> bool:
+        """Whether one package passes every criterion (``limit`` aside)."""
+        if self.licenses is not None and license_category(ref.license) not in self.licenses:
+            return False
+        if self.since or self.until:
+            lu = ref.last_updated
+            if not lu or (self.since and lu < self.since) or (self.until and lu > self.until):
+                return False
+        if self.years is not None:
+            y = citation_year(ref.citation)
+            if y is None or not self.years[0] <= y <= self.years[1]:
+                return False
+        if self.pmcids is not None:
+            pid = normalise_pmcid(ref.pmcid or ref.name)
+            if pid not in self.pmcids:
+                return False
+        return True
+
+    def apply(self, refs: Iterable[PackageRef]) -> list[PackageRef]:
+        """The selected packages, in source order (streams; stops early at ``limit``)."""
+        out: list[PackageRef] = []
+        if self.limit == 0:
+            return out
+        for r in refs:
+            if self.matches(r):
+                out.append(r)
+                if self.limit is not None and len(out) >= self.limit:
+                    break
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON form, recorded with each build."""
+        return {
+            "licenses": sorted(self.licenses) if self.licenses is not None else None,
+            "since": self.since, "until": self.until,
+            "years": list(self.years) if self.years else None,
+            "pmcids": len(self.pmcids) if self.pmcids is not None else None,
+            "limit": self.limit,
+        }
+
+
+def parse_years(value: str) -> tuple[int, int]:
+    """``2015-2020``, ``2015-`` , ``-2020`` or ``2018`` -> an inclusive (from, to) range."""
+    m = re.fullmatch(r"\s*(\d{4})?\s*(-)?\s*(\d{4})?\s*", value or "")
+    if not m or not (m.group(1) or m.group(3)):
+        raise ValueError(f"not a year range: {value!r} (use 2015-2020, 2015-, -2020 or 2018)")
+    lo = int(m.group(1)) if m.group(1) else 0
+    hi = int(m.group(3)) if m.group(3) else (9999 if m.group(2) else lo)
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------- local folders
 
 
 def discover_local(source: str | os.PathLike, file_list: str | os.PathLike | None = None
@@ -85,7 +307,7 @@ def discover_local(source: str | os.PathLike, file_list: str | os.PathLike | Non
         raise FileNotFoundError(f"source folder {src} does not exist")
     fl = Path(file_list) if file_list else src / FILE_LIST
     if fl.is_file():
-        return [ref_from_row(r, str(src / r["File"])) for r in read_file_list(fl)]
+        return list(refs_from_file_list(iter_file_list(fl), str(src)))
     entries = sorted(src.iterdir(), key=lambda p: p.name)
     refs: dict[str, PackageRef] = {}
     dupes: list[PackageRef] = []
@@ -109,3 +331,45 @@ def discover_local(source: str | os.PathLike, file_list: str | os.PathLike | Non
         else:
             dupes.append(PackageRef(ref.name, ref.location, duplicate_of=prev.location))
     return sorted([*refs.values(), *dupes], key=lambda r: (r.name, r.duplicate_of or ""))
+
+
+def stat_package(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(bytes, newest mtime_ns) of a package file or folder; None when it does not exist.
+
+    The cheap change check of a re-run: a local package whose size and mtime match what was
+    recorded is not read again. Folders sum their files (a folder's own mtime does not change
+    when a file inside is rewritten).
+    """
+    p = Path(path)
+    try:
+        if not p.is_dir():
+            st = p.stat()
+            return st.st_size, st.st_mtime_ns
+        size = mtime = 0
+        for f in p.rglob("*"):
+            if f.is_file():
+                st = f.stat()
+                size += st.st_size
+                mtime = max(mtime, st.st_mtime_ns)
+        return size, mtime
+    except OSError:
+        return None
+
+
+def package_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a package: sha256 of the archive's bytes, or of a folder's files.
+
+    A folder hashes each file's relative path and bytes in sorted order, so the hash does not
+    depend on the file system's listing order or on timestamps.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        with open(p, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        rel = f.relative_to(p).as_posix().encode()
+        h.update(len(rel).to_bytes(8, "big") + rel)
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()

@@ -45,3 +45,27 @@ def make_tar(dest: Path, folder: str, members: dict[str, bytes]) -> Path:
 def folder_members(folder: Path) -> dict[str, bytes]:
     """Every file of a corpus article folder, by name."""
     return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+#: Real corpus articles added to the sample for the analysis dataset: elife-32671 brings five
+#: figure images without a licence (the "other" category); the XML-only articles add articles
+#: of other journals, years and licences (CC BY-NC, public domain) that have no samples.
+ANALYSIS_EXTRA = ("elife-32671.tar.gz", "PMC3574550", "PMC2599765", "PMC3460867")
+
+
+@pytest.fixture(scope="session")
+def analysis_dataset(tmp_path_factory, corpus) -> Path:
+    """Sample + a few real corpus articles, built and exported once per session (notebooks,
+    reports): 13 samples in two licence categories, from four articles."""
+    import shutil
+
+    from biomedica_kit.build import build
+    from biomedica_kit.metadata import export
+
+    src = tmp_path_factory.mktemp("analysis-src")
+    for p in [*SAMPLE.iterdir(), *(corpus / name for name in ANALYSIS_EXTRA)]:
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, src / p.name)
+    out = tmp_path_factory.mktemp("analysis") / "ds"
+    build(src, out, workers=1, progress=False)
+    export(out, workers=1)
+    return out

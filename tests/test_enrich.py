@@ -14,13 +14,13 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from eutils_server import EutilsServer, load_corpus_records
 
 from biomedica_kit.build import BuildConfig, build
 from biomedica_kit.cli import main
 from biomedica_kit.enrich import ENTREZ_FIELDS, enrich
 from biomedica_kit.shards import iter_samples, read_manifest, verify
 from biomedica_kit.sources import write_file_list
-from eutils_server import EutilsServer, load_corpus_records
 
 WIRED_PMID = "23657305"  # a real record with MeSH, a structured abstract and chemicals
 

@@ -1,0 +1,415 @@
+"""Download PMC OA packages from an HTTP(S) mirror into a local cache, politely and verifiably.
+
+* **Polite**: every request (retries included) first takes a slot from one thread-safe
+  :class:`RateLimiter` (NCBI asks for at most 3 requests/s per client), and failures back off
+  exponentially with jitter, honouring ``Retry-After``.
+* **Verifiable**: a download is streamed to ``<file>.part``; its length is checked against
+  ``Content-Length`` / ``Content-Range``, an archive is read through to the end (gzip CRC, tar
+  headers, zip CRCs), and only then is it renamed into place. A file under its final name is
+  therefore always complete; a crash leaves at most a ``.part``.
+* **Resumable**: a ``.part`` left by a dropped connection or a killed run is continued with an
+  HTTP ``Range`` request guarded by ``If-Range`` (the server answers 200 with the whole file
+  when it cannot resume or the file changed, and the download restarts from zero).
+* **Fresh**: a small ledger (``.fetch-ledger.jsonl`` in the cache) records what was fetched for
+  which file-list ``Last Updated``; a package whose Last Updated changed is fetched again, one
+  whose Last Updated is unchanged is served from the cache without a request.
+
+The cache is itself a partial mirror in NCBI's layout (``oa_file_list.csv``,
+``oa_package/xx/yy/*.tar.gz``), so it can be used as a local ``--source`` too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import tarfile
+import threading
+import time
+import zipfile
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+import requests
+import urllib3
+
+from biomedica_kit.shards import atomic_write_bytes
+from biomedica_kit.sources import FILE_LIST, PackageRef
+
+LEDGER = ".fetch-ledger.jsonl"
+PART = ".part"
+#: Status codes worth retrying: the server or a proxy is overloaded or briefly broken.
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class FetchError(Exception):
+    """A download attempt failed; ``retryable`` says whether another attempt may succeed."""
+
+    def __init__(self, reason: str, detail: str, *, retryable: bool,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """At most ``rate`` acquisitions per second across all threads, evenly spaced (no bursts).
+
+    Slots are handed out under a lock and slept for outside it, so waiting threads do not
+    serialise on the lock itself. ``rate <= 0`` disables the limit.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Block until this caller's slot comes."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How packages are downloaded."""
+
+    rate: float = 3.0  # requests per second, all threads together (NCBI's limit)
+    retries: int = 5  # further attempts after the first
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    max_backoff: float = 60.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0  # longest silence while reading a body
+    threads: int = 4  # concurrent downloads (the rate limit still applies to all)
+    chunk: int = 1 << 20
+    user_agent: str = "biomedica-kit/0.1 (PMC OA bulk download)"
+
+
+@dataclass
+class FetchStats:
+    """Counters of one fetcher (thread-safe updates through :meth:`Fetcher._count`)."""
+
+    requests: int = 0
+    downloaded: int = 0  # packages downloaded (complete)
+    cached: int = 0  # packages served from the cache without a request
+    resumed: int = 0  # downloads continued with a Range request
+    retries: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+
+class Fetcher:
+    """Fetches the file list and packages of one HTTP(S) mirror into ``cache``."""
+
+    def __init__(self, base_url: str, cache: str | os.PathLike,
+                 policy: FetchPolicy | None = None) -> None:
+        self.base = base_url if base_url.endswith("/") else base_url + "/"
+        self.cache = Path(cache)
+        self.policy = policy or FetchPolicy()
+        self.limiter = RateLimiter(self.policy.rate)
+        self.stats = FetchStats()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.ledger = self._load_ledger()
+
+    # -------------------------------------------------------------------------- public
+
+    def fetch_file_list(self, url: str | None = None) -> Path:
+        """Download ``oa_file_list.csv`` (or ``url``) into the cache; return its path.
+
+        A conditional request (``If-None-Match`` / ``If-Modified-Since``) avoids downloading
+        the ~0.5 GB list again when it has not changed since the last run.
+        """
+        url = url or self.base + FILE_LIST
+        dest = self.cache / FILE_LIST
+        meta_path = dest.with_name(dest.name + ".json")
+        headers = {}
+        if dest.is_file() and meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("url") == url and meta.get("etag"):
+                headers["If-None-Match"] = meta["etag"]
+            if meta.get("url") == url and meta.get("last_modified"):
+                headers["If-Modified-Since"] = meta["last_modified"]
+        result = self._with_retries(lambda: self._download(url, dest, headers=headers))
+        if isinstance(result, FetchError):
+            raise FileNotFoundError(f"file list {url}: {result}")
+        if result is not None:  # None: 304, the cached copy is current
+            atomic_write_bytes(meta_path, json.dumps({"url": url, **result}).encode())
+        return dest
+
+    def fetch(self, ref: PackageRef) -> PackageRef:
+        """The package, fetched or from the cache: ``ref`` with ``location`` pointing at the
+        local copy and ``sha256``/``size`` set, or with ``failure`` set. Never raises for
+        network or server errors (they are the package's failure, and the run goes on).
+        """
+        url = ref.location
+        try:
+            dest = self._cache_path(ref.file or url[len(self.base):])
+        except FetchError as exc:
+            return replace(ref, failure=f"{exc.reason}: {exc.detail}")
+        entry = self.ledger.get(ref.file or url)
+        if (entry and entry.get("last_updated") == ref.last_updated and dest.is_file()
+                and dest.stat().st_size == entry["bytes"]):
+            self._count(cached=1)
+            return replace(ref, location=str(dest), sha256=entry["sha256"], size=entry["bytes"])
+        part = dest.with_name(dest.name + PART)
+        part_meta = part.with_name(part.name + ".json")
+        # A partial download is only continued for the same upstream version of the file.
+        if part.exists() and _read_json(part_meta).get("last_updated") != ref.last_updated:
+            part.unlink(missing_ok=True)
+            part_meta.unlink(missing_ok=True)
+        result = self._with_retries(
+            lambda: self._download(url, dest, last_updated=ref.last_updated, check=True))
+        if isinstance(result, FetchError):
+            self._count(failed=1)
+            return replace(ref, failure=f"{result.reason}: {result.detail}"[:500])
+        self._record(ref.file or url, ref.last_updated, result["sha256"], result["bytes"])
+        self._count(downloaded=1)
+        return replace(ref, location=str(dest), sha256=result["sha256"], size=result["bytes"])
+
+    def prefetch(self, refs: Iterable[PackageRef], threads: int | None = None
+                 ) -> Iterator[PackageRef]:
+        """Fetch packages on a few threads, yielding them in input order.
+
+        At most ``4 * threads`` downloads are queued ahead of the consumer, so a slow consumer
+        holds back the downloads instead of filling the disk.
+        """
+        threads = max(1, threads or self.policy.threads)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
+            window: deque[Future] = deque()
+            it = iter(refs)
+            for r in it:
+                window.append(pool.submit(self.fetch, r))
+                if len(window) >= 4 * threads:
+                    break
+            while window:
+                yield window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(pool.submit(self.fetch, nxt))
+
+    # ------------------------------------------------------------------------ internals
+
+    def _cache_path(self, rel: str) -> Path:
+        pp = PurePosixPath(rel.replace("\\", "/"))
+        # The file list is input from the network: a File of "/etc/x" or "../x" must not
+        # write outside the cache.
+        if pp.is_absolute() or ".." in pp.parts or not pp.parts:
+            raise FetchError("unsafe_path", f"file list path {rel!r}", retryable=False)
+        return self.cache.joinpath(*pp.parts)
+
+    def _session(self) -> requests.Session:
+        # One session per thread: connection reuse without sharing a Session across threads.
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            s.headers["User-Agent"] = self.policy.user_agent
+        return s
+
+    def _with_retries(self, attempt):
+        """Run ``attempt`` until it succeeds, fails for good, or retries run out.
+
+        Returns the attempt's value, or the last :class:`FetchError`.
+        """
+        p = self.policy
+        for n in range(p.retries + 1):
+            try:
+                return attempt()
+            except FetchError as exc:
+                if not exc.retryable or n == p.retries:
+                    return exc
+                delay = min(p.max_backoff, p.backoff * 2 ** n)
+                delay *= 0.5 + random.random() / 2  # jitter: clients do not retry in lockstep
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, p.max_backoff))
+                self._count(retries=1)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _download(self, url: str, dest: Path, *, headers: dict | None = None,
+                  last_updated: str | None = None, check: bool = False) -> dict | None:
+        """One attempt: stream ``url`` into ``dest.part``, verify, rename to ``dest``.
+
+        Returns ``{"sha256", "bytes", "etag", "last_modified"}``, or None for a 304.
+        """
+        part = dest.with_name(dest.name + PART)
+        part_meta = part.with_name(part.name + ".json")
+        headers = dict(headers or {})
+        offset = part.stat().st_size if part.exists() else 0
+        validator = _read_json(part_meta).get("validator") if offset else None
+        if offset and validator:
+            headers["Range"] = f"bytes={offset}-"
+            headers["If-Range"] = validator
+        else:
+            offset = 0
+        p = self.policy
+        self.limiter.acquire()
+        self._count(requests=1)
+        try:
+            r = self._session().get(url, headers=headers, stream=True,
+                                    timeout=(p.connect_timeout, p.read_timeout))
+        except requests.RequestException as exc:
+            raise FetchError("http_error", f"{type(exc).__name__}: {exc}"[:300],
+                             retryable=True) from None
+        with r:
+            if r.status_code == 304:
+                return None
+            if r.status_code in (404, 410):
+                raise FetchError(f"http_{r.status_code}", url, retryable=False)
+            if r.status_code == 416:  # our Range is past the end: the file shrank upstream
+                part.unlink(missing_ok=True)
+                raise FetchError("http_416", url, retryable=True)
+            if r.status_code not in (200, 206):
+                raise FetchError(f"http_{r.status_code}", url,
+                                 retryable=r.status_code in RETRY_STATUS,
+                                 retry_after=_retry_after(r.headers.get("Retry-After")))
+            h = hashlib.sha256()
+            if r.status_code == 206:
+                start, total = _content_range(r.headers.get("Content-Range"))
+                if start != offset:
+                    part.unlink(missing_ok=True)
+                    raise FetchError("bad_range", f"asked {offset}, got {start}", retryable=True)
+                with open(part, "rb") as f:
+                    for block in iter(lambda: f.read(p.chunk), b""):
+                        h.update(block)
+                mode = "ab"
+                self._count(resumed=1)
+            else:
+                offset = 0
+                cl = r.headers.get("Content-Length")
+                total = int(cl) if cl and cl.isdigit() else None
+                mode = "wb"
+            etag = r.headers.get("ETag")
+            last_modified = r.headers.get("Last-Modified")
+            # Only a strong validator may guard a byte-range resume (RFC 9110, If-Range).
+            new_validator = etag if etag and not etag.startswith("W/") else last_modified
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(part_meta, json.dumps(
+                {"url": url, "last_updated": last_updated, "validator": new_validator}).encode())
+            received = offset
+            try:
+                with open(part, mode) as f:
+                    # read1 hands over whatever has arrived, so bytes received before a dropped
+                    # connection reach the .part; raw bytes, as stored upstream (a server that
+                    # adds Content-Encoding: gzip to a .tar.gz must not have it decoded).
+                    while block := r.raw.read1(p.chunk, decode_content=False):
+                        f.write(block)
+                        h.update(block)
+                        received += len(block)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                self._count(bytes=received - offset)
+                # Keep the .part: the next attempt continues it with a Range request.
+                raise FetchError("connection_broken", f"{type(exc).__name__} after {received} "
+                                 f"bytes"[:300], retryable=True) from None
+            self._count(bytes=received - offset)
+        if total is not None and received != total:
+            raise FetchError("short_body", f"{received} of {total} bytes", retryable=True)
+        if check:
+            problem = archive_problem(part, dest.name)
+            if problem:
+                part.unlink(missing_ok=True)
+                part_meta.unlink(missing_ok=True)
+                raise FetchError("corrupt_download", problem, retryable=True)
+        os.replace(part, dest)
+        part_meta.unlink(missing_ok=True)
+        return {"sha256": h.hexdigest(), "bytes": received, "etag": etag,
+                "last_modified": last_modified}
+
+    def _load_ledger(self) -> dict[str, dict]:
+        entries: dict[str, dict] = {}
+        path = self.cache / LEDGER
+        if not path.is_file():
+            return entries
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a crash: that download is simply redone
+                entries[e["file"]] = e
+        return entries
+
+    def _record(self, file: str, last_updated: str | None, sha256: str, size: int) -> None:
+        entry = {"file": file, "last_updated": last_updated, "sha256": sha256, "bytes": size,
+                 "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        line = json.dumps(entry) + "\n"
+        with self._lock:
+            self.ledger[file] = entry
+            self.cache.mkdir(parents=True, exist_ok=True)
+            with open(self.cache / LEDGER, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _count(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self.stats, k, getattr(self.stats, k) + v)
+
+
+def archive_problem(path: str | os.PathLike, name: str) -> str | None:
+    """Why a downloaded archive is unusable (truncated, bad CRC, not an archive), or None.
+
+    A ``.tar.gz`` is read through once: the tar headers as a stream, then the gzip stream to
+    its end, where gzip checks its CRC and length trailer.
+    """
+    low = name.lower()
+    try:
+        if low.endswith((".tar.gz", ".tgz")):
+            with gzip.open(path, "rb") as gz:
+                with tarfile.open(fileobj=gz, mode="r|") as tar:
+                    for _ in tar:
+                        pass
+                while gz.read(1 << 20):
+                    pass
+        elif low.endswith(".tar"):
+            with tarfile.open(path, mode="r:") as tar:
+                for _ in tar:
+                    pass
+        elif low.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+                if bad:
+                    return f"zip member {bad!r} fails its CRC"
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def _content_range(value: str | None) -> tuple[int, int | None]:
+    # "bytes 100-199/200" -> (100, 200); "bytes 100-199/*" -> (100, None)
+    try:
+        unit, _, rest = (value or "").partition(" ")
+        span, _, total = rest.partition("/")
+        if unit != "bytes":
+            raise ValueError
+        return int(span.split("-")[0]), (int(total) if total.isdigit() else None)
+    except ValueError:
+        raise FetchError("bad_range", f"Content-Range {value!r}", retryable=True) from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    return float(value) if value and value.strip().isdigit() else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
