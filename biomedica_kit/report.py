@@ -1,0 +1,486 @@
+"""Reproducible reports: run the analysis notebooks headless and publish them as static files.
+
+``report(dataset, out_dir)`` executes each notebook under ``notebooks/`` with papermill (its
+``parameters`` cell gets ``dataset``), keeps the executed ``.ipynb``, writes every plotly chart
+it displayed as PNG and SVG (kaleido driving Debian's Chromium), and exports the notebook to one
+self-contained HTML file whose charts stay interactive. ``index.html`` links everything.
+
+Everything works offline: plotly.js is inlined once per page and the nbconvert template drops
+the CDN scripts (require.js, MathJax, mermaid, the widget manager) that the stock template loads,
+because nothing beyond loopback can be reached where reports are built and read.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+
+from biomedica_kit import query
+
+#: The notebooks a report runs by default: the static analyses. 03_explore and 04_subset are
+#: interactive tools; they can be added with ``notebooks=[...]`` (their HTML shows a static
+#: snapshot of the widgets' first view).
+ANALYSIS_NOTEBOOKS: tuple[str, ...] = ("01_overview", "02_topics")
+
+#: Chromium as Debian installs it (scripts/ensure_chromium.sh); kaleido uses it for PNG/SVG.
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+class ReportError(RuntimeError):
+    """A report could not be produced (a notebook failed, or charts could not be rendered)."""
+
+
+@dataclass
+class Chart:
+    """One plotly chart a notebook displayed, and where its static renderings were written."""
+
+    notebook: str
+    name: str  # unique within its notebook; from the figure's ``layout.meta.chart``
+    title: str
+    figure: dict = field(repr=False)
+    png: Path | None = None
+    svg: Path | None = None
+
+
+@dataclass
+class NotebookResult:
+    """One executed notebook: its executed copy, its HTML page and its charts."""
+
+    name: str
+    ipynb: Path
+    html: Path
+    charts: list[Chart]
+    seconds: float
+    error: str | None = None  # "ename: evalue" of the cell that failed, if one did
+    notes: list[str] = field(default_factory=list)  # what it could not show (charts.Missing)
+
+
+@dataclass
+class Report:
+    """What :func:`report` wrote."""
+
+    out_dir: Path
+    index: Path
+    dataset: Path
+    dataset_version: str | None
+    overview: dict[str, Any]  # query.overview(): figures, articles, shards, figures_by_license
+    notebooks: list[NotebookResult]
+    seconds: float
+
+    @property
+    def charts(self) -> list[Chart]:
+        """Every chart of every notebook, in page order."""
+        return [c for nb in self.notebooks for c in nb.charts]
+
+
+def notebooks_dir() -> Path:
+    """The folder holding the project's notebooks (``notebooks/`` at the repository root).
+
+    The notebooks are not package data: reports need a source checkout (or an editable
+    install), which is how the project is installed by ``make``.
+    """
+    return Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def resolve_notebook(name: str | os.PathLike) -> Path:
+    """A notebook by path, or by name (``01_overview`` / ``01_overview.ipynb``) in notebooks/."""
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.is_file():
+        return p.resolve()
+    cand = notebooks_dir() / (p.name if p.suffix == ".ipynb" else f"{p.name}.ipynb")
+    if not cand.is_file():
+        known = ", ".join(sorted(x.stem for x in notebooks_dir().glob("*.ipynb"))) or "none"
+        raise ReportError(f"no notebook {name!r} (known: {known})")
+    return cand
+
+
+def report(
+    dataset: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    notebooks: list[str] | tuple[str, ...] | None = None,
+    *,
+    parameters: dict[str, Any] | None = None,
+    images: bool = True,
+    timeout: int = 600,
+    progress: bool = False,
+) -> Report:
+    """Execute ``notebooks`` against ``dataset`` and publish them as HTML (+ charts) in ``out_dir``.
+
+    ``notebooks`` are names in notebooks/ or paths (default :data:`ANALYSIS_NOTEBOOKS`);
+    ``parameters`` are passed to every notebook's ``parameters`` cell besides ``dataset``;
+    ``images=False`` skips the PNG/SVG renderings (no Chromium needed). The metadata tables are
+    exported first when they are missing or older than the dataset's current version.
+
+    A notebook whose cell raises still gets its HTML page (showing the traceback); the report
+    is finished and then :class:`ReportError` is raised naming every failed notebook.
+    """
+    t0 = time.perf_counter()
+    ds = Path(dataset).resolve()
+    if not (ds / "manifest.json").is_file():
+        raise ReportError(f"{ds} is not a dataset (no manifest.json)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    version = ensure_metadata(ds)
+    con = query.connect(ds, refresh=False)
+    try:
+        overview = query.overview(con)
+    finally:
+        con.close()
+    params = {**(parameters or {}), "dataset": str(ds)}
+    results: list[NotebookResult] = []
+    for src in [resolve_notebook(n) for n in (notebooks or ANALYSIS_NOTEBOOKS)]:
+        results.append(_run_one(src, out, params, timeout=timeout, progress=progress))
+    for r in results:  # charts of an earlier report into the same folder must not linger
+        shutil.rmtree(out / "charts" / r.name, ignore_errors=True)
+    if images:
+        render_images([c for r in results for c in r.charts], out / "charts")
+    for r in results:
+        r.html.write_text(notebook_html(r, out), encoding="utf-8")
+    rep = Report(out_dir=out, index=out / "index.html", dataset=ds, dataset_version=version,
+                 overview=overview, notebooks=results, seconds=time.perf_counter() - t0)
+    rep.index.write_text(index_html(rep), encoding="utf-8")
+    failed = [r for r in results if r.error]
+    if failed:
+        raise ReportError("; ".join(f"{r.name} failed ({r.error}), see {r.html}" for r in failed))
+    return rep
+
+
+def ensure_metadata(dataset: Path) -> str | None:
+    """Export the metadata tables when missing or stale; return the dataset's current version."""
+    from biomedica_kit import metadata
+    from biomedica_kit.shards import read_manifest
+
+    version = read_manifest(dataset).get("dataset_version")
+    if not metadata.is_current(dataset):
+        metadata.export(dataset)
+    return version
+
+
+# --------------------------------------------------------------------------------- executing
+
+
+class _ThisPythonKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel is always this interpreter (``sys.executable``).
+
+    Why: papermill looks the notebook's kernel name (``python3``) up on the Jupyter path, where
+    a user-level or system ``python3`` kernelspec may point at another Python that lacks
+    biomedica_kit. Reports must run in the environment that is running the report. The kernel
+    talks over Unix sockets (IPC) rather than loopback TCP: no other local user can connect to
+    it, and ipykernel has no reason to warn about unencrypted TCP.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        if os.name == "posix":  # ZeroMQ has no IPC transport on Windows
+            kwargs.setdefault("transport", "ipc")
+        super().__init__(**kwargs)
+        self._ipc_dir: str | None = None
+
+    async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
+        if self.transport == "ipc" and self._ipc_dir is None:
+            # Sockets go to a private folder: jupyter_client's default ("kernel-ipc-N" in the
+            # working directory, i.e. notebooks/) litters the source tree and can collide
+            # between two reports running at once.
+            self._ipc_dir = tempfile.mkdtemp(prefix="biomedica-kernel-")
+            self.ip = os.path.join(self._ipc_dir, "kernel")
+        return await super()._async_pre_start_kernel(**kw)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if self._ipc_dir and not restart:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        if self._kernel_spec is None:
+            self._kernel_spec = KernelSpec(
+                argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                display_name="Python 3 (biomedica-kit)", language="python")
+        return self._kernel_spec
+
+
+def execute_notebook(src: Path, dest: Path, parameters: dict[str, Any], *, timeout: int = 600,
+                     progress: bool = False) -> None:
+    """Run ``src`` with papermill in a fresh kernel of this Python and save it to ``dest``.
+
+    Raises papermill's ``PapermillExecutionError`` when a cell fails (``dest`` then holds the
+    notebook up to the failing cell, traceback included).
+    """
+    import papermill
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(src), str(dest), parameters=parameters, kernel_name="python3",
+        kernel_manager_class=_ThisPythonKernelManager, progress_bar=progress,
+        request_save_on_cell_execute=False, execution_timeout=timeout, cwd=str(src.parent),
+        # Every output is in by then. A graceful shutdown interrupts the kernel first, and
+        # ipykernel then sometimes logs a spurious "KeyboardInterrupt caught in kernel".
+        shutdown_kernel="immediate")
+
+
+def _run_one(src: Path, out: Path, params: dict[str, Any], *, timeout: int,
+             progress: bool) -> NotebookResult:
+    import nbformat
+    from papermill.exceptions import PapermillExecutionError
+
+    name = src.stem
+    ipynb = out / "notebooks" / f"{name}.ipynb"
+    t0 = time.perf_counter()
+    error = None
+    try:
+        execute_notebook(src, ipynb, params, timeout=timeout, progress=progress)
+    except PapermillExecutionError as exc:
+        error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    nb = nbformat.read(ipynb, as_version=4)
+    return NotebookResult(name=name, ipynb=ipynb, html=out / f"{name}.html",
+                          charts=extract_charts(nb, name), seconds=time.perf_counter() - t0,
+                          error=error, notes=extract_notes(nb))
+
+
+def extract_notes(nb: Any) -> list[str]:
+    """The plain-text notes (:class:`biomedica_kit.charts.Missing`) a notebook displayed."""
+    from biomedica_kit.charts import NOTE_MIME
+
+    notes = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            note = output.get("data", {}).get(NOTE_MIME)
+            if note and note["message"] not in notes:
+                notes.append(note["message"])
+    return notes
+
+
+def extract_charts(nb: Any, notebook: str) -> list[Chart]:
+    """The plotly figures an executed notebook displayed, in order, with unique names."""
+    charts: list[Chart] = []
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            fig = output.get("data", {}).get(PLOTLY_MIME)
+            if not fig:
+                continue
+            title = _title_of(fig)
+            meta = fig.get("layout", {}).get("meta")
+            base = (meta.get("chart") if isinstance(meta, dict) else None) or _slug(title) \
+                or f"chart-{len(charts) + 1}"
+            seen[base] = seen.get(base, 0) + 1
+            name = base if seen[base] == 1 else f"{base}-{seen[base]}"
+            charts.append(Chart(notebook=notebook, name=name, title=title or name, figure=fig))
+    return charts
+
+
+def _title_of(fig: dict) -> str:
+    title = fig.get("layout", {}).get("title")
+    text = title.get("text") if isinstance(title, dict) else title
+    text = re.sub(r"<br\s*/?>", " — ", text or "")
+    return re.sub(r"<[^>]+>", "", text).strip()
+
+
+def _slug(s: str) -> str:
+    return _SLUG.sub("-", s.lower()).strip("-")[:60]
+
+
+# ---------------------------------------------------------------------------------- images
+
+
+def chromium_path() -> str | None:
+    """The Chrome/Chromium kaleido should drive: $BROWSER_PATH, else Debian's, else PATH."""
+    for cand in (os.environ.get("BROWSER_PATH"), DEFAULT_CHROMIUM):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return shutil.which("chromium") or shutil.which("chromium-browser") \
+        or shutil.which("google-chrome")
+
+
+def render_images(charts: list[Chart], out: Path, *, width: int = 1000, height: int = 560,
+                  scale: float = 2.0) -> None:
+    """Write every chart as ``out/<notebook>/<name>.png`` and ``.svg`` in one Chromium session.
+
+    Raises :class:`ReportError` when no Chromium is installed (run scripts/ensure_chromium.sh)
+    or when kaleido fails on a chart.
+    """
+    if not charts:
+        return
+    browser = chromium_path()
+    if browser is None:
+        raise ReportError("no Chromium found for PNG/SVG charts: run scripts/ensure_chromium.sh "
+                          "(or set BROWSER_PATH), or pass images=False / --no-images")
+    # kaleido (via choreographer) reads BROWSER_PATH; without it it would search PATH or try
+    # to use a Chrome it downloaded itself, which cannot work offline.
+    os.environ.setdefault("BROWSER_PATH", browser)
+    import kaleido
+
+    jobs = []
+    for c in charts:
+        d = out / c.notebook
+        d.mkdir(parents=True, exist_ok=True)
+        c.png, c.svg = d / f"{c.name}.png", d / f"{c.name}.svg"
+        # Honour a chart's own height (long bar lists grow taller); width stays uniform.
+        h = c.figure.get("layout", {}).get("height") or height
+        jobs.append({"fig": c.figure, "path": c.png,
+                     "opts": {"format": "png", "width": width, "height": h, "scale": scale}})
+        jobs.append({"fig": c.figure, "path": c.svg,
+                     "opts": {"format": "svg", "width": width, "height": h}})
+    try:
+        # mathjax=False: kaleido would otherwise load MathJax from a CDN for every page.
+        kaleido.write_fig_from_object_sync(jobs, kopts={"mathjax": False},
+                                           cancel_on_error=True)
+    except Exception as exc:  # kaleido raises assorted browser/launch errors
+        raise ReportError(f"rendering charts with kaleido ({browser}) failed: {exc}") from exc
+    missing = [str(j["path"]) for j in jobs if not Path(j["path"]).is_file()]
+    if missing:
+        raise ReportError(f"kaleido did not write {missing}")
+
+
+# ------------------------------------------------------------------------------------ HTML
+
+# Extends nbconvert's lab template: no CDN scripts (the report must open offline), plotly.js
+# inlined once in <head>, and a small navigation bar back to the index.
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{% block extra_css %}
+<style>
+.bk-nav{font:14px system-ui,sans-serif;padding:8px 16px;background:#f4f6fa;
+  border-bottom:1px solid #d8dde6}
+.bk-nav a{margin-right:1em}
+.bk-chart-links{font:12px system-ui,sans-serif;margin:2px 0 12px}
+.bk-chart-links a{margin-right:.8em}
+</style>
+<script type="text/javascript">{{ resources.bk_plotlyjs }}</script>
+{% endblock extra_css %}
+{%- block body_header -%}
+{{ super() }}
+<nav class="bk-nav"><a href="index.html">&larr; report index</a>
+<a href="notebooks/{{ resources.bk_name }}.ipynb">executed notebook (.ipynb)</a></nav>
+{%- endblock body_header -%}
+"""
+
+
+def notebook_html(result: NotebookResult, out: Path) -> str:
+    """The self-contained HTML page of one executed notebook (interactive plotly charts)."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+    from plotly.offline import get_plotlyjs
+
+    nb = nbformat.read(result.ipynb, as_version=4)
+    _prepare_outputs(nb, result, out)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"bk_report.html.j2": _TEMPLATE})],
+                            template_file="bk_report.html.j2", embed_images=True)
+    body, _ = exporter.from_notebook_node(
+        nb, resources={"metadata": {"name": result.name}, "bk_plotlyjs": get_plotlyjs(),
+                       "bk_name": result.name})
+    return body
+
+
+def _prepare_outputs(nb: Any, result: NotebookResult, out: Path) -> None:
+    """Give plotly outputs an HTML rendering and drop live-widget views that have a snapshot.
+
+    nbconvert renders neither plotly's own mime type nor widgets without their (CDN) manager;
+    each chart becomes a plotly div (+ links to its PNG/SVG), each widget its HTML snapshot.
+    """
+    import plotly.io as pio
+
+    charts = iter(result.charts)
+    # Widget state would make nbconvert load the widget manager; it is not used offline.
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if not data:
+                continue
+            if PLOTLY_MIME in data:
+                chart = next(charts)
+                div = pio.to_html(data[PLOTLY_MIME], include_plotlyjs=False, full_html=False,
+                                  default_width="100%",
+                                  config={"displaylogo": False, "responsive": True})
+                data["text/html"] = div + _chart_links(chart, out)
+                data.pop(PLOTLY_MIME)
+            if WIDGET_MIME in data and "text/html" in data:
+                data.pop(WIDGET_MIME)
+
+
+def _chart_links(chart: Chart, out: Path) -> str:
+    links = [f'<a href="{p.relative_to(out).as_posix()}" download>{p.suffix[1:].upper()}</a>'
+             for p in (chart.png, chart.svg) if p is not None]
+    if not links:
+        return ""
+    return f'<div class="bk-chart-links">{html.escape(chart.title)}: {" ".join(links)}</div>'
+
+
+def index_html(rep: Report) -> str:
+    """The report's landing page: dataset, notebooks, and a thumbnail of every chart."""
+    e = html.escape
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = []
+    for nb in rep.notebooks:
+        status = (f'<span class="err">failed: {e(nb.error)}</span>' if nb.error
+                  else f"{len(nb.charts)} charts")
+        notes = "".join(f"<li>{e(n)}</li>" for n in nb.notes)
+        rows.append(f'<tr><td><a href="{e(nb.html.name)}">{e(nb.name)}</a></td>'
+                    f'<td><a href="notebooks/{e(nb.ipynb.name)}">.ipynb</a></td>'
+                    f"<td>{status}</td><td>{nb.seconds:.1f} s</td>"
+                    f"<td>{'<ul>' + notes + '</ul>' if notes else ''}</td></tr>")
+    ov = rep.overview
+    by_licence = ", ".join(f"{e(str(k))}: {v:,}" for k, v in ov["figures_by_license"].items())
+    headline = (f"<p class='headline'><b>{ov['figures']:,}</b> samples from "
+                f"<b>{ov['articles']:,}</b> articles in <b>{ov['shards']:,}</b> shards "
+                f"({by_licence or 'no samples'}).</p>")
+    cards = []
+    for c in rep.charts:
+        if c.png is None:
+            continue
+        png = c.png.relative_to(rep.out_dir).as_posix()
+        svg = c.svg.relative_to(rep.out_dir).as_posix() if c.svg else png
+        cards.append(f'<figure><a href="{e(c.notebook)}.html"><img src="{e(png)}" '
+                     f'alt="{e(c.title)}" loading="lazy"></a><figcaption>{e(c.title)} '
+                     f'<span class="nb">({e(c.notebook)})</span> <a href="{e(png)}">PNG</a> '
+                     f'<a href="{e(svg)}">SVG</a></figcaption></figure>')
+    gallery = ("<h2>Charts</h2><div class='grid'>" + "".join(cards) + "</div>") if cards else ""
+    params = json.dumps({"dataset": str(rep.dataset)})
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>biomedica-kit report: {e(rep.dataset.name)}</title>
+<style>
+body{{font:15px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;
+  color:#1d2330}}
+table{{border-collapse:collapse}} td,th{{padding:4px 12px;border-bottom:1px solid #e3e6ec;
+  text-align:left}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:16px}}
+figure{{margin:0;border:1px solid #e3e6ec;border-radius:6px;padding:8px}}
+figure img{{width:100%;height:auto}} figcaption{{font-size:13px}} .nb{{color:#6b7385}}
+.err{{color:#b00020}} code{{background:#f4f6fa;padding:1px 4px}}
+.headline{{font-size:17px}} td ul{{margin:0;padding-left:18px;font-size:13px;color:#4a5366}}
+td{{vertical-align:top}}
+</style></head><body>
+<h1>biomedica-kit report</h1>
+<p>Dataset <code>{e(str(rep.dataset))}</code>, version <code>{e(rep.dataset_version or "?")}</code>;
+generated {e(created)} in {rep.seconds:.0f} s. Parameters: <code>{e(params)}</code>.</p>
+{headline}
+<h2>Notebooks</h2>
+<table><tr><th>page</th><th>executed</th><th>charts</th><th>run time</th><th>notes</th></tr>
+{"".join(rows)}</table>
+{gallery}
+</body></html>
+"""

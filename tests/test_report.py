@@ -1,0 +1,210 @@
+"""`biomedica report`: HTML pages that render their charts in a real headless Chromium, offline.
+
+The report is served from a real ``http.server`` on 127.0.0.1 and opened by Debian's Chromium
+(installed by scripts/ensure_chromium.sh, which ``make test`` runs) with every other host name
+unresolvable, so a page that needed a CDN would show no charts here.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import subprocess
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from xml.etree import ElementTree
+
+import nbformat
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from biomedica_kit.cli import main
+from biomedica_kit.report import ReportError, chromium_path, report
+from biomedica_kit.shards import read_manifest
+
+CHART_COLOR_COMMERCIAL = (0x2A, 0x9D, 0x8F)  # charts.LICENCE_COLORS["commercial"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = chromium_path()
+    assert path, "no Chromium: run scripts/ensure_chromium.sh (make test does)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def built_report(analysis_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "site"
+    res = CliRunner().invoke(main, ["report", str(analysis_dataset), "--out", str(out),
+                                    "--notebook", "01_overview", "--notebook", "02_topics",
+                                    "--notebook", "03_explore", "-p", 'licences=["other"]'])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "01_overview: 6 charts, 0 notes" in res.output
+    assert "02_topics: 2 charts, 2 notes" in res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(built_report):
+    """The report folder over HTTP on an ephemeral loopback port."""
+    handler = functools.partial(_QuietHandler, directory=str(built_report))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
+def chrome(browser: str, tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    """Run headless Chromium on ``url`` with its own profile and no network but loopback."""
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars",
+           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+           "--virtual-time-budget=10000", *extra, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.external_loads: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        a = dict(attrs)
+        for attr in ("href", "src"):
+            if a.get(attr):
+                self.refs.append(a[attr])
+        # What a browser would fetch by itself: scripts, stylesheets, images, frames.
+        src = a.get("src") or (a.get("href") if tag == "link" else None)
+        if src and re.match(r"(https?:)?//", src):
+            self.external_loads.append(src)
+
+
+def test_report_files(built_report, analysis_dataset):
+    names = {p.relative_to(built_report).as_posix() for p in built_report.rglob("*")
+             if p.is_file()}
+    assert {"index.html", "01_overview.html", "02_topics.html", "03_explore.html",
+            "notebooks/01_overview.ipynb", "notebooks/02_topics.ipynb"} <= names
+    charts = sorted(n for n in names if n.startswith("charts/"))
+    stems = {n.rsplit(".", 1)[0] for n in charts}
+    assert len(charts) == 2 * len(stems) == 16  # every chart as PNG and SVG
+    assert "charts/01_overview/licence_categories" in stems
+    for n in charts:
+        p = built_report / n
+        if n.endswith(".png"):
+            px = np.asarray(Image.open(p).convert("RGB"), dtype=float)
+            assert px.shape[1] >= 1000 and px.std() > 10, f"{n} looks blank"
+        else:
+            root = ElementTree.parse(p).getroot()
+            assert root.tag.endswith("svg") and len(list(root.iter())) > 20, n
+    # The PNG shows the commercial bar in its colour: kaleido drew the real figure.
+    lic = np.asarray(Image.open(built_report / "charts/01_overview/licence_categories.png")
+                     .convert("RGB"))
+    assert (np.abs(lic.astype(int) - CHART_COLOR_COMMERCIAL).sum(axis=2) < 10).sum() > 5000
+    # The executed notebooks saved beside the pages carry the dataset they ran on.
+    nb = nbformat.read(built_report / "notebooks/01_overview.ipynb", as_version=4)
+    assert str(analysis_dataset) in "".join(c.source for c in nb.cells)
+
+
+def test_pages_are_self_contained(built_report):
+    for page in ("index.html", "01_overview.html", "02_topics.html", "03_explore.html"):
+        text = (built_report / page).read_text(encoding="utf-8")
+        links = _Links()
+        links.feed(text)
+        assert links.external_loads == [], page
+        for ref in links.refs:  # every local link resolves
+            if not re.match(r"([a-z]+:|#)", ref):
+                assert (built_report / ref).is_file(), f"{page} links missing {ref}"
+        if page != "index.html":
+            assert text.count("Plotly.newPlot") >= (0 if page == "03_explore.html" else 2)
+    # plotly.js is inlined, once per page.
+    overview = (built_report / "01_overview.html").read_text(encoding="utf-8")
+    assert len(re.findall(r"plotly\.js v\d", overview)) == 1
+
+
+def test_index_lists_notebooks_charts_and_notes(built_report, analysis_dataset):
+    text = (built_report / "index.html").read_text(encoding="utf-8")
+    version = read_manifest(analysis_dataset)["dataset_version"]
+    assert version in text
+    assert "<b>13</b> samples from <b>4</b> articles" in text
+    assert "commercial: 8, other: 5" in text
+    assert text.count('<img src="charts/') == 8
+    assert "no taxonomy labels yet" in text and "no MeSH terms yet" in text
+
+
+def test_charts_render_in_chromium(built_report, server, chromium, tmp_path):
+    dom = chrome(chromium, tmp_path, f"{server}/01_overview.html", "--dump-dom").stdout
+    # One .js-plotly-plot per chart, each drawn by plotly.js into SVG layers.
+    assert dom.count('class="plotly-graph-div js-plotly-plot"') == 6
+    assert dom.count('class="main-svg"') >= 12
+    assert "Samples and articles per licence category" in dom  # title drawn as SVG text
+    assert 'class="bk-chart-links"' in dom
+
+    shot = tmp_path / "overview.png"
+    chrome(chromium, tmp_path, f"{server}/01_overview.html", "--window-size=1280,2600",
+           f"--screenshot={shot}")
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert px.std() > 20, "screenshot is blank"
+    # The licence chart's bars are on screen in their colour (plotly ran, not just the page).
+    assert (np.abs(px - CHART_COLOR_COMMERCIAL).sum(axis=2) < 12).sum() > 2000
+
+
+def test_topics_and_explore_pages_render(built_report, server, chromium, tmp_path):
+    dom = chrome(chromium, tmp_path, f"{server}/02_topics.html", "--dump-dom").stdout
+    assert dom.count('class="plotly-graph-div js-plotly-plot"') == 2
+    assert "no taxonomy labels yet" in dom
+    dom = chrome(chromium, tmp_path, f"{server}/03_explore.html", "--dump-dom").stdout
+    # The explorer's static snapshot: the five "other" samples, images inline.
+    assert dom.count('class="bk-card"') == 5
+    assert dom.count('src="data:image/jpeg;base64,') == 5
+
+
+def test_failed_notebook_still_gets_a_page(analysis_dataset, tmp_path):
+    bad = tmp_path / "broken.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('dataset = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("1 / 0"),
+    ], metadata={"kernelspec": {"name": "python3", "language": "python",
+                                "display_name": "Python 3"}})
+    nbformat.write(nb, bad)
+    with pytest.raises(ReportError, match="broken failed .*ZeroDivisionError"):
+        report(analysis_dataset, tmp_path / "site", [str(bad)], images=False)
+    page = (tmp_path / "site" / "broken.html").read_text(encoding="utf-8")
+    assert "ZeroDivisionError" in page
+    assert "failed: cell" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+
+
+def test_report_refreshes_stale_metadata(analysis_dataset, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(analysis_dataset, ds)
+    shutil.rmtree(ds / "metadata")
+    rep = report(ds, tmp_path / "site", ["01_overview"], images=False)
+    assert (ds / "metadata" / "figures.parquet").is_file()
+    assert rep.overview["figures"] == 13 and rep.notebooks[0].error is None
+    assert rep.notebooks[0].charts[0].png is None  # images=False
+
+
+def test_cli_rejects_bad_params_and_unknown_notebooks(analysis_dataset, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["report", str(analysis_dataset), "--out", str(tmp_path / "a"),
+                               "-p", "no-equals-sign"])
+    assert res.exit_code == 2 and "NAME=VALUE" in res.output
+    res = runner.invoke(main, ["report", str(analysis_dataset), "--out", str(tmp_path / "b"),
+                               "--notebook", "99_nothing"])
+    assert res.exit_code == 1 and "no notebook '99_nothing'" in res.output
+    assert "01_overview" in res.output  # lists the known ones
