@@ -163,7 +163,8 @@ def parse_xml(data: bytes) -> etree._ElementTree:
 _INLINE_TAGS = ("italic", "bold", "sup", "sub", "sc", "underline", "monospace", "roman",
                 "sans-serif", "overline", "strike", "named-content", "styled-content", "abbrev",
                 "ext-link", "uri", "email", "span")
-_XMLNS = re.compile(rb'xmlns(?::[\w.-]+)?\s*=\s*["\']([^"\']*)["\']')
+_XMLNS = re.compile(rb'xmlns(?::([\w.-]+))?\s*=\s*["\']([^"\']*)["\']')
+_TAG_PREFIX = re.compile(rb"<([A-Za-z_][\w.-]*):")
 _OUTER_ARTICLES = "//*[local-name()='article' and not(ancestor::*[local-name()='article'])]"
 
 
@@ -184,8 +185,11 @@ def parse_jats(
     index = _FileIndex(files or ())
     stem = PurePosixPath(source_file).stem if source_file else None
     out = []
-    # Namespaces declared anywhere in the document, MathML aside: their elements get renamed.
-    uris = {u.decode("utf-8", "replace") for u in _XMLNS.findall(data)} - {MML[1:-1]}
+    # Namespaces that elements use (the default one, or a prefix seen on a tag), MathML aside.
+    declared = dict(_XMLNS.findall(data))
+    used = set(_TAG_PREFIX.findall(data)) | {b""}
+    uris = {declared[p].decode("utf-8", "replace") for p in used if p in declared}
+    uris.discard(MML[1:-1])
     for n, el in enumerate(articles):
         _strip_namespaces(el, uris)
         # Inline formatting carries no structure we read; merging it into its parent's text in C
@@ -289,7 +293,7 @@ def _abstract(meta) -> str | None:
                     title = _text(s.find("title"))
                     body = " ".join(_text(p) for p in s if _local(p.tag) != "title")
                     parts.append(f"{title}: {body}" if title else body)
-                return _squash(" ".join(parts)) or None
+                return " ".join(" ".join(parts).split()) or None
             return _text(ab, skip_tags={"title"}) or None
     return None
 
@@ -558,7 +562,6 @@ def _sentences(text: str) -> list[tuple[str, tuple[int, int]]]:
 # ---------------------------------------------------------------------------- text helpers
 
 
-_WS = re.compile(r"\s+")
 # Private-use sentinels bracketing a marked element's text, so spans survive normalisation.
 _OPEN, _CLOSE = "\ue000", "\ue001"
 _MARKS = re.compile(f"([{_OPEN}{_CLOSE}])")
@@ -623,23 +626,23 @@ def _text_with_spans(el, targets: list) -> tuple[str, list[tuple[int, int]]]:
     pos = 0
     opened: list[int] = []
     spans: list[tuple[int, int]] = []
-    for part in _MARKS.split(_WS.sub(" ", "".join(out))):
+    for part in _MARKS.split("".join(out)):
         if part == _OPEN:
             opened.append(pos)
         elif part == _CLOSE:
             spans.append((opened.pop(), pos))
         elif part:
-            if pieces and pieces[-1].endswith(" ") and part.startswith(" "):
-                part = part[1:]  # a sentinel split a run of whitespace
-            pieces.append(part)
-            pos += len(part)
+            # Collapse whitespace inside the piece, keeping one space at either edge if present.
+            body = " ".join(part.split())
+            lead = " " if part[0].isspace() and not (pieces and pieces[-1].endswith(" ")) else ""
+            trail = " " if part[-1].isspace() and body else ""
+            part = lead + body + trail
+            if part:
+                pieces.append(part)
+                pos += len(part)
     text = "".join(pieces)
     lead = len(text) - len(text.lstrip())
     return text.strip(), [(a - lead, b - lead) for a, b in spans]
-
-
-def _squash(s: str) -> str:
-    return re.sub(r"\s+", " ", s).strip()
 
 
 def _first_text(el, *paths: str) -> str | None:

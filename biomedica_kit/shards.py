@@ -10,7 +10,6 @@ name, fsynced, and renamed into place: a crash never leaves a half-written ``.ta
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
