@@ -495,8 +495,9 @@ class _Cache:
 class RateLimiter:
     """Spaces request starts at least ``1/rate`` seconds apart, across threads.
 
-    Each caller reserves the next free slot under a lock and sleeps outside it, so N threads
-    sharing one limiter still start at most ``rate`` requests per second in total.
+    A caller may start only once ``1/rate`` has passed since the previous start, checked
+    under a lock after every sleep: a thread that wakes late pushes the next start back
+    instead of letting two requests go out together.
     """
 
     def __init__(
@@ -508,7 +509,7 @@ class RateLimiter:
     ) -> None:
         self._lock = threading.Lock()
         self._clock, self._sleep = clock, sleep
-        self._next = 0.0
+        self._next = float("-inf")  # earliest time the next request may start
         self.rate = rate
 
     @property
@@ -525,14 +526,16 @@ class RateLimiter:
 
     def acquire(self) -> float:
         """Block until a request may start; return the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        wait = start - now
-        if wait > 0:
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                if now >= self._next:
+                    self._next = now + self._interval
+                    return waited
+                wait = self._next - now
             self._sleep(wait)
-        return wait
+            waited += wait
 
     def defer(self, seconds: float) -> None:
         """Hold every user of this limiter back for ``seconds`` (a server's Retry-After)."""

@@ -19,8 +19,11 @@ Every request is recorded (arrival time on ``time.monotonic``, path, form fields
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
+import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -68,7 +71,7 @@ def load_corpus_records(corpus_dir: Path = CORPUS_DIR) -> dict[str, bytes]:
 class RecordedRequest:
     """One request as the server saw it."""
 
-    t: float  # time.monotonic() when the request line and headers had been read
+    t: float  # arrival of the request's first byte (kernel timestamp), time.monotonic scale
     method: str
     path: str
     params: dict[str, str]
@@ -112,6 +115,11 @@ class EutilsServer:
         handler = type("Handler", (_Handler,), {"owner": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
+        if _SO_TIMESTAMPNS is not None:
+            # Stamping must be on before a connection's first packet arrives; accepted sockets
+            # inherit the option from the listening one.
+            with contextlib.suppress(OSError):
+                self._httpd.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
@@ -171,9 +179,50 @@ class EutilsServer:
         return self.empty_answer
 
 
+# Linux's SO_TIMESTAMPNS (not exported by every Python build): the kernel stamps each received
+# packet, so the server can tell when a request arrived even if its thread is woken late.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35) if sys.platform == "linux" else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: EutilsServer
     protocol_version = "HTTP/1.1"
+    # Unbuffered reads: no bytes of a request may sit in a user-space buffer, or peeking at
+    # the socket for the next request's arrival time would block.
+    rbufsize = 0
+
+    def setup(self) -> None:
+        super().setup()
+        self._kernel_stamps = False
+        if _SO_TIMESTAMPNS is not None:
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self._kernel_stamps = True
+            except OSError:
+                pass
+
+    def handle_one_request(self) -> None:
+        self._arrived = self._arrival_time()
+        super().handle_one_request()
+
+    def _arrival_time(self) -> float:
+        """When the next request's first byte reached this host, on time.monotonic's scale.
+
+        On a busy machine the handler thread can be woken tens of milliseconds after the data
+        came in; the kernel's receive timestamp is not delayed that way.
+        """
+        if self._kernel_stamps:
+            try:
+                data, ancillary, _, _ = self.connection.recvmsg(
+                    1, socket.CMSG_SPACE(16), socket.MSG_PEEK
+                )
+            except OSError:
+                data, ancillary = b"", []
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and data:
+                    seconds, nanoseconds = struct.unpack("qq", payload[:16])
+                    return time.monotonic() - (time.time() - (seconds + nanoseconds / 1e9))
+        return time.monotonic()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         """Keep test output quiet."""
@@ -185,15 +234,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST")
 
     def _serve(self, method: str) -> None:
-        arrived = time.monotonic()
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
-        form = self.rfile.read(length).decode() if length else ""
-        params = dict(parse_qsl(url.query)) | dict(parse_qsl(form))
+        form = b""
+        while len(form) < length:  # an unbuffered read may return less than asked
+            chunk = self.rfile.read(length - len(form))
+            if not chunk:
+                break
+            form += chunk
+        params = dict(parse_qsl(url.query)) | dict(parse_qsl(form.decode()))
         ids = [i for i in params.get("id", "").split(",") if i]
         fault = self.owner._next_fault()
         self.owner._record(
-            RecordedRequest(arrived, method, url.path, params, ids, fault.kind if fault else None)
+            RecordedRequest(
+                self._arrived, method, url.path, params, ids, fault.kind if fault else None
+            )
         )
 
         if fault is not None and fault.kind == "hang":

@@ -1,0 +1,677 @@
+"""Metadata export: shards -> ``metadata/figures.parquet`` + ``metadata/articles.parquet``.
+
+Public API (stable; notebooks and the report call it)::
+
+    export(dataset, *, force=False, workers=None) -> ExportSummary
+    connect(dataset, *, refresh=True, read_only=False) -> duckdb.DuckDBPyConnection
+    lazy(dataset, table="figures", *, refresh=True) -> polars.LazyFrame
+    metadata_paths(dataset) -> dict[str, Path]        # every table connect() can expose
+    quote_ident(name) -> str / sql_literal(value) -> str   # SQL quoting used by query/subset
+    write_parquet_atomic(table, path) -> None
+    iter_tar_files(fileobj) -> Iterator[(name, data_offset, size)]   # tar headers only
+    read_shard_records(path) -> list[dict]     # one shard's locations, captions, json
+
+**Export** reads only the ``.txt`` and ``.json`` members of each shard: the tar headers
+(parsed by :func:`iter_tar_files`) give every member's data offset and size, so images are
+seeked over, never read or decoded. One row per sample goes to ``figures.parquet`` with the
+sample's location (``shard``, ``image_offset``/``image_length``, ``txt_*``, ``json_*``) and
+every key of its json as a column. The column set is the union of the keys found in the data,
+so fields added later (``mesh_terms``, ``primary_label``, Entrez fields...) appear without code
+changes. Type rules (docs/data_dictionary.md lists every column):
+
+- scalars and lists map to their Arrow types (lists of objects become ``list<struct>``, e.g.
+  ``inline_refs`` is ``list<struct<paragraph, section, sentences>>``);
+- a top-level json *object* (free-form mapping such as ``image_context``, keyed by file name)
+  is stored as JSON text, because its keys are data, not a schema;
+- a column whose values cannot share one Arrow type (e.g. int in one shard, list in another)
+  is stored as JSON text too; such columns are listed in the file's metadata
+  (``biomedica_kit.json_columns``) and in :attr:`ExportSummary.json_columns`;
+- a column that is null everywhere is typed ``string`` (``list<string>`` for empty lists).
+
+``caption`` is the text of the ``.txt`` member (what training reads); the json's identical
+``caption`` key is not duplicated. A json key that collides with a location column is kept
+with a ``json_`` prefix.
+
+**Incremental:** each shard's rows are cached in ``metadata/parts/<shard sha256>.parquet``.
+An export re-reads only shards whose checksum (from the manifest) has no part yet, then
+re-assembles ``figures.parquet`` from the parts and rebuilds ``articles.parquet`` with DuckDB.
+When ``figures.parquet`` already describes the manifest's ``dataset_version`` (and the report
+tables are unchanged) export does nothing. Every file is written to a temporary name and
+renamed, so readers never see a half-written table. Parts of shards that left the manifest are
+deleted.
+
+``articles.parquet`` has one row per article that has at least one sample: the article-level
+fields of its samples, ``n_figures`` (samples written), the shard paths holding it, and, from
+``report/`` where present, ``n_fig_elements``, ``n_images`` and ``n_skipped``.
+
+**Query layer:** :func:`connect` returns an in-memory DuckDB connection with views
+``figures``, ``articles`` and, when their files exist, ``report_articles``, ``skips``,
+``entrez`` (``metadata/entrez.parquet``), ``labels`` (newest ``labels/*.parquet``),
+``figures_labeled`` (figures LEFT JOIN labels on ``key``) and ``embeddings``
+(``embeddings/<model>/*.parquet`` with a ``model`` column). :mod:`biomedica_kit.query` has
+helpers for the usual questions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from biomedica_kit.shards import TMP_PREFIX, fsync_dir, read_manifest
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+    import pyarrow as pa
+
+EXPORT_FORMAT = "1"
+META_DIR = "metadata"
+PARTS_DIR = "parts"
+_META_FORMAT = b"biomedica_kit.export_format"
+_META_VERSION = b"biomedica_kit.dataset_version"
+_META_REPORT = b"biomedica_kit.report"
+_META_JSON_COLUMNS = b"biomedica_kit.json_columns"
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+
+#: Columns every figures row has, in this order, before the json fields (sorted by name).
+LOCATION_COLUMNS = ("key", "shard", "subset", "dataset_version", "image_ext", "image_offset",
+                    "image_length", "txt_offset", "txt_length", "json_offset", "json_length",
+                    "caption")
+# Added when figures.parquet is assembled (a part is content-addressed, so it cannot hold them).
+_ASSEMBLY_COLUMNS = ("shard", "subset", "dataset_version")
+# Article-level keys written by schema.article_fields() beside the jats.Article fields.
+_ARTICLE_EXTRA = ("package", "citation", "last_updated", "file_list_license", "subset")
+_ARTICLE_PREFIXES = ("article_", "entrez_")
+_ARTICLE_FIRST = ("article_id", "pmcid", "pmid", "doi", "title", "journal", "year",
+                  "license_category", "license_code", "subset", "publisher", "article_type")
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export` did."""
+
+    dataset: str
+    dataset_version: str
+    figures_path: str
+    articles_path: str
+    shards: int
+    shards_read: list[str] = field(default_factory=list)  # shard paths re-read this run
+    shards_cached: int = 0  # shards whose cached part was reused
+    parts_removed: int = 0  # parts of shards no longer in the manifest
+    rows: int = 0
+    articles: int = 0
+    columns: list[str] = field(default_factory=list)
+    json_columns: list[str] = field(default_factory=list)  # columns stored as JSON text
+    up_to_date: bool = False  # True when nothing had to be written
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------- SQL quoting
+
+
+def quote_ident(name: str) -> str:
+    """A DuckDB identifier, double-quoted (embedded quotes doubled)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def sql_literal(value: str | os.PathLike) -> str:
+    """A DuckDB string literal, for the few places parameters are not allowed (DDL, COPY)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+# ---------------------------------------------------------------------------- shard reading
+
+
+def _open_shard(path: Path):
+    """Open a shard for reading (a seam so tests can count the bytes export reads)."""
+    return open(path, "rb")
+
+
+def _tar_number(field: bytes) -> int:
+    """A numeric tar header field: octal text, or GNU base-256 when the high bit is set."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    return int(digits, 8) if digits else 0
+
+
+def _tar_text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def iter_tar_files(f, path: str | os.PathLike = "<tar>") -> Iterator[tuple[str, int, int]]:
+    """``(name, data offset, size)`` of each regular file of an uncompressed tar.
+
+    Reads the 512-byte headers (and GNU long-name / pax records) only and seeks over member
+    data, so images are never read. Checksums are verified; a truncated or corrupt header
+    raises ValueError.
+    """
+    pos = 0
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while True:
+        f.seek(pos)
+        block = f.read(_BLOCK)
+        if len(block) < _BLOCK or block == _ZERO_BLOCK:
+            if block.strip(b"\0"):
+                raise ValueError(f"{path}: truncated tar header at byte {pos}")
+            return
+        if _tar_number(block[148:156]) != sum(block[:148]) + 256 + sum(block[156:]):
+            raise ValueError(f"{path}: bad tar header checksum at byte {pos}")
+        kind = block[156:157]
+        size = int(pax["size"]) if "size" in pax else _tar_number(block[124:136])
+        data = pos + _BLOCK
+        pos = data + -(-size // _BLOCK) * _BLOCK
+        if kind in (b"L", b"x", b"g", b"K"):  # metadata records for the next member
+            f.seek(data)
+            payload = f.read(size)
+            if kind == b"L":
+                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == b"x":
+                pax = _pax_records(payload)
+            continue
+        name = pax.get("path") or long_name or _tar_text(block[:100])
+        if block[257:263] == b"ustar\0" and block[345] and not (long_name or "path" in pax):
+            name = _tar_text(block[345:500]) + "/" + name  # POSIX ustar name prefix
+        long_name, pax = None, {}
+        if kind in (b"0", b"\0", b"7"):
+            yield name, data, size
+
+
+def _pax_records(payload: bytes) -> dict[str, str]:
+    """``length key=value\\n`` records of a pax extended header."""
+    out, i = {}, 0
+    while i < len(payload) and payload[i:i + 1] != b"\0":
+        length = int(payload[i:payload.index(b" ", i)])
+        key, _, value = payload[payload.index(b" ", i) + 1:i + length - 1].partition(b"=")
+        out[key.decode()] = value.decode("utf-8", "surrogateescape")
+        i += length
+    return out
+
+
+def read_shard_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Location and metadata of every sample of one shard, reading only txt/json members.
+
+    Each record holds the location columns (without shard/subset/dataset_version), the
+    caption text, and ``meta`` (the parsed json, or ``{}`` when the sample has none).
+    Members are grouped into samples by key as WebDataset does (adjacent, same key).
+    """
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    cur: dict[str, Any] | None = None
+    with _open_shard(path) as f:
+        for name, offset, size in iter_tar_files(f, path):
+            base = name.rsplit("/", 1)[-1]
+            key = name[: len(name) - len(base)] + base.partition(".")[0]
+            ext = base.partition(".")[2].lower()
+            if cur is None or cur["key"] != key:
+                cur = {"key": key, "image_ext": None, "image_offset": None,
+                       "image_length": None, "txt_offset": None, "txt_length": None,
+                       "json_offset": None, "json_length": None, "caption": None, "meta": {}}
+                records.append(cur)
+            slot = ext if ext in ("txt", "json") else "image"
+            if cur[f"{slot}_offset"] is not None:
+                raise ValueError(f"{path}: sample {key} has two {slot} members")
+            cur[f"{slot}_offset"], cur[f"{slot}_length"] = offset, size
+            if slot == "image":
+                cur["image_ext"] = ext
+                continue
+            f.seek(offset)
+            data = f.read(size)
+            if slot == "txt":
+                cur["caption"] = data.decode("utf-8")
+            else:
+                try:
+                    cur["meta"] = json.loads(data)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: sample {key} has invalid json: {exc}") from None
+    return records
+
+
+def _json_text(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True)
+
+
+def _denull(t: pa.DataType) -> pa.DataType:
+    """``t`` with every null type (all-null column, empty lists) replaced by string."""
+    import pyarrow as pa
+
+    if pa.types.is_null(t):
+        return pa.string()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(_denull(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _denull(f.type)) for f in t])
+    return t
+
+
+def records_table(records: list[dict[str, Any]]) -> pa.Table:
+    """The part table of one shard: location columns then json fields (see module doc)."""
+    import pyarrow as pa
+
+    base = [c for c in LOCATION_COLUMNS if c not in _ASSEMBLY_COLUMNS]
+    ints = {c for c in base if c.endswith(("_offset", "_length"))}
+    cols: dict[str, pa.Array] = {
+        c: pa.array([r[c] for r in records], pa.int64() if c in ints else pa.string())
+        for c in base}
+    keys = sorted({k for r in records for k in r["meta"]} - {"key", "caption"})
+    json_cols = []
+    for k in keys:
+        name = f"json_{k}" if k in LOCATION_COLUMNS else k
+        values = [r["meta"].get(k) for r in records]
+        if any(isinstance(v, dict) for v in values):
+            arr, is_json = pa.array([_json_text(v) for v in values], pa.string()), True
+        else:
+            try:
+                arr, is_json = pa.array(values), False
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                arr, is_json = pa.array([_json_text(v) for v in values], pa.string()), True
+        cols[name] = arr
+        if is_json:
+            json_cols.append(name)
+    table = pa.table(cols)
+    return table.replace_schema_metadata({
+        _META_FORMAT: EXPORT_FORMAT.encode(), _META_JSON_COLUMNS: json.dumps(json_cols).encode()})
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file via temp + fsync + rename (readers never see half a file)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _export_shard(shard: str, part: str) -> int:
+    """Read one shard and write its part file (module-level so a process pool can run it)."""
+    table = records_table(read_shard_records(shard))
+    write_parquet_atomic(table, Path(part))
+    return table.num_rows
+
+
+# ------------------------------------------------------------------------------ assembling
+
+
+def _unify(schemas: list[pa.Schema]) -> tuple[pa.Schema, set[str]]:
+    """One schema for all parts; columns whose types cannot be unified become JSON text."""
+    import pyarrow as pa
+
+    json_cols: set[str] = set()
+    for s in schemas:
+        json_cols |= set(json.loads((s.metadata or {}).get(_META_JSON_COLUMNS, b"[]")))
+    names: list[str] = []
+    for s in schemas:
+        names += [n for n in s.names if n not in names]
+    out = []
+    for n in names:
+        types = [s.field(n).type for s in schemas if n in s.names]
+        if n in json_cols:
+            out.append(pa.field(n, pa.string()))
+            continue
+        try:
+            merged = pa.unify_schemas([pa.schema([pa.field(n, t)]) for t in types],
+                                      promote_options="permissive")
+            # All-null columns (null type in every part) are typed as strings only now, so
+            # one shard's missing values never conflict with another shard's real type.
+            out.append(pa.field(n, _denull(merged.field(n).type)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            json_cols.add(n)
+            out.append(pa.field(n, pa.string()))
+    return pa.schema(out), json_cols
+
+
+def _conform(table: pa.Table, schema: pa.Schema, json_cols: set[str]) -> pa.Table:
+    """Cast one part to the unified schema (missing columns null, JSON columns re-encoded)."""
+    import pyarrow as pa
+
+    part_json = set(json.loads((table.schema.metadata or {}).get(_META_JSON_COLUMNS, b"[]")))
+    arrays = []
+    for f in schema:
+        if f.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        if f.name in json_cols and f.name not in part_json:
+            arrays.append(pa.array([_json_text(v) for v in col.to_pylist()], pa.string()))
+        elif col.type == f.type:
+            arrays.append(col)
+        else:
+            try:
+                arrays.append(col.cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                # e.g. structs with different field sets: rebuild from Python values.
+                arrays.append(pa.array(col.to_pylist(), f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _order(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    lead = [c for c in LOCATION_COLUMNS if c in names]
+    return lead + sorted(n for n in names if n not in LOCATION_COLUMNS)
+
+
+def _assemble(root: Path, manifest: dict, parts: dict[str, Path], report_fp: str
+              ) -> tuple[int, list[str], list[str]]:
+    """Write figures.parquet from the parts, in manifest order; return rows, columns, json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = manifest.get("shards", [])
+    schemas = [pq.read_schema(parts[s["sha256"]]) for s in shards]
+    if not schemas:
+        schemas = [records_table([]).schema]
+    unified, json_cols = _unify(schemas)
+    extra = [pa.field("shard", pa.string()), pa.field("subset", pa.string()),
+             pa.field("dataset_version", pa.string())]
+    full = pa.schema(list(unified) + extra)
+    full = pa.schema([full.field(n) for n in _order(full.names)], metadata={
+        _META_FORMAT: EXPORT_FORMAT.encode(),
+        _META_VERSION: manifest["dataset_version"].encode(),
+        _META_REPORT: report_fp.encode(),
+        _META_JSON_COLUMNS: json.dumps(sorted(json_cols)).encode(),
+    })
+    path = root / META_DIR / "figures.parquet"
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, full) as writer:
+            for s in shards:
+                part = pq.read_table(parts[s["sha256"]])
+                n = part.num_rows
+                part = _conform(part, unified, json_cols)
+                for name, value in (("shard", s["path"]), ("subset", s["subset"]),
+                                    ("dataset_version", manifest["dataset_version"])):
+                    part = part.append_column(name, pa.array([value] * n, pa.string()))
+                writer.write_table(part.select(full.names).cast(full))
+                rows += n
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return rows, full.names, sorted(json_cols)
+
+
+def article_columns(figure_columns: Iterable[str]) -> list[str]:
+    """The figures columns that describe the article rather than the figure.
+
+    jats.Article's fields (``id`` is ``article_id`` in samples), the extra article-level keys of
+    schema.article_fields, the Entrez fields (enrich.ENTREZ_FIELDS: PubMed describes articles)
+    and every ``article_*`` / ``entrez_*`` column.
+    """
+    from biomedica_kit.enrich import ENTREZ_FIELDS
+    from biomedica_kit.jats import Article
+
+    known = {f.name for f in fields(Article)} - {"id", "figures"}
+    known |= set(_ARTICLE_EXTRA) | set(ENTREZ_FIELDS)
+    cols = [c for c in figure_columns if c != "article_id" and (
+        c in known or c.startswith(_ARTICLE_PREFIXES))]
+    first = [c for c in _ARTICLE_FIRST if c in cols]
+    return first + sorted(c for c in cols if c not in first)
+
+
+def _build_articles(root: Path, figure_columns: list[str], version: str) -> int:
+    """articles.parquet from figures.parquet (+ report tables), written atomically by DuckDB."""
+    import duckdb
+
+    figs = root / META_DIR / "figures.parquet"
+    path = root / META_DIR / "articles.parquet"
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    rep, skips = root / "report" / "articles.parquet", root / "report" / "skips.parquet"
+    con = duckdb.connect()
+    try:
+        if "article_id" not in figure_columns:  # an empty dataset: no samples, no articles
+            body = "SELECT NULL::VARCHAR AS article_id, 0::BIGINT AS n_figures LIMIT 0"
+        else:
+            cols = article_columns(figure_columns)
+            anys = "".join(f", any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in cols)
+            f_sql = (f"SELECT article_id, count(*)::BIGINT AS n_figures, "
+                     f"list_sort(list(DISTINCT shard)) AS shards{anys} "
+                     f"FROM read_parquet({sql_literal(figs)}) GROUP BY article_id")
+            if rep.is_file() and skips.is_file():
+                r_sql = (f"SELECT id, sum(n_figures)::BIGINT AS n_fig_elements, "
+                         f"sum(n_images)::BIGINT AS n_images "
+                         f"FROM read_parquet({sql_literal(rep)}) GROUP BY id")
+                s_sql = (f"SELECT article_id AS id, count(*)::BIGINT AS n_skipped "
+                         f"FROM read_parquet({sql_literal(skips)}) GROUP BY article_id")
+            else:
+                r_sql = ("SELECT NULL::VARCHAR AS id, NULL::BIGINT AS n_fig_elements, "
+                         "NULL::BIGINT AS n_images LIMIT 0")
+                s_sql = "SELECT NULL::VARCHAR AS id, NULL::BIGINT AS n_skipped LIMIT 0"
+            body = (
+                f"WITH f AS ({f_sql}), r AS ({r_sql}), s AS ({s_sql}) "
+                f"SELECT f.article_id{''.join(', f.' + quote_ident(c) for c in cols)}, "
+                f"f.n_figures, r.n_fig_elements, r.n_images, "
+                f"CASE WHEN r.id IS NULL THEN NULL ELSE coalesce(s.n_skipped, 0) END::BIGINT "
+                f"AS n_skipped, f.shards, {sql_literal(version)} AS dataset_version "
+                f"FROM f LEFT JOIN r ON r.id = f.article_id LEFT JOIN s ON s.id = f.article_id "
+                f"ORDER BY f.article_id")
+        con.execute(f"COPY ({body}) TO {sql_literal(tmp)} (FORMAT parquet, KV_METADATA "
+                    f"{{{json.dumps(_META_VERSION.decode())}: {sql_literal(version)}}})")
+        n = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        con.close()
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return n
+
+
+def _report_fingerprint(root: Path) -> str:
+    """Size and mtime of the report tables: articles.parquet depends on them too."""
+    out = []
+    for name in ("articles.parquet", "skips.parquet"):
+        p = root / "report" / name
+        st = p.stat() if p.is_file() else None
+        out.append(f"{name}:{st.st_size}:{st.st_mtime_ns}" if st else f"{name}:-")
+    return ";".join(out)
+
+
+def _file_meta(path: Path) -> dict[bytes, bytes]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def is_current(dataset: str | os.PathLike) -> bool:
+    """Whether the metadata tables describe the dataset's current manifest."""
+    root = Path(dataset)
+    figs, arts = root / META_DIR / "figures.parquet", root / META_DIR / "articles.parquet"
+    if not (figs.is_file() and arts.is_file()):
+        return False
+    version = read_manifest(root)["dataset_version"].encode()
+    fm, am = _file_meta(figs), _file_meta(arts)
+    return (fm.get(_META_FORMAT) == EXPORT_FORMAT.encode() and fm.get(_META_VERSION) == version
+            and fm.get(_META_REPORT) == _report_fingerprint(root).encode()
+            and am.get(_META_VERSION) == version)
+
+
+def export(dataset: str | os.PathLike, *, force: bool = False,
+           workers: int | None = None) -> ExportSummary:
+    """Export (or refresh) ``DATASET/metadata/{figures,articles}.parquet``; see module doc.
+
+    ``force`` re-reads every shard. ``workers`` processes read shards in parallel (default:
+    all cores; 1 reads in this process).
+    """
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    root = Path(dataset)
+    manifest = read_manifest(root)
+    version = manifest["dataset_version"]
+    meta_dir = root / META_DIR
+    figs, arts = meta_dir / "figures.parquet", meta_dir / "articles.parquet"
+    shards = manifest.get("shards", [])
+    summary = ExportSummary(dataset=str(root), dataset_version=version,
+                            figures_path=str(figs), articles_path=str(arts), shards=len(shards))
+    if not force and is_current(root):
+        md = pq.read_metadata(figs)
+        summary.rows = md.num_rows
+        summary.articles = pq.read_metadata(arts).num_rows
+        summary.columns = md.schema.to_arrow_schema().names
+        summary.json_columns = json.loads(_file_meta(figs).get(_META_JSON_COLUMNS, b"[]"))
+        summary.shards_cached = len(shards)
+        summary.up_to_date = True
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        return summary
+
+    parts_dir = meta_dir / PARTS_DIR
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    parts = {s["sha256"]: parts_dir / f"{s['sha256']}.parquet" for s in shards}
+    todo = []
+    for s in shards:
+        part = parts[s["sha256"]]
+        stale = force or _file_meta(part).get(_META_FORMAT) != EXPORT_FORMAT.encode()
+        if stale and all(t[1] != part for t in todo):  # identical shards share one part
+            todo.append((s["path"], part))
+    _read_parts(root, todo, workers)
+    summary.shards_read = [t[0] for t in todo]
+    summary.shards_cached = len(shards) - len(todo)
+    keep = {p.name for p in parts.values()}
+    for p in parts_dir.iterdir():
+        if p.suffix == ".parquet" and p.name not in keep:
+            p.unlink()
+            summary.parts_removed += 1
+
+    rows, columns, json_cols = _assemble(root, manifest, parts, _report_fingerprint(root))
+    summary.rows, summary.columns, summary.json_columns = rows, columns, json_cols
+    summary.articles = _build_articles(root, columns, version)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _read_parts(root: Path, todo: list[tuple[str, Path]], workers: int | None) -> None:
+    workers = workers or os.cpu_count() or 1
+    jobs = [(str(root / rel), str(part)) for rel, part in todo]
+    if workers <= 1 or len(jobs) <= 1:
+        for shard, part in jobs:
+            _export_shard(shard, part)
+        return
+    # The platform's default start method, as build.py uses: workers only touch pyarrow and
+    # json (fork-safe), and scripts need no __main__ guard on Linux.
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        for fut in [pool.submit(_export_shard, shard, part) for shard, part in jobs]:
+            fut.result()
+
+
+# ------------------------------------------------------------------------------ query layer
+
+
+def metadata_paths(dataset: str | os.PathLike) -> dict[str, Path]:
+    """Existing tables of a dataset by view name (``embeddings`` is a glob pattern)."""
+    root = Path(dataset)
+    candidates = {
+        "figures": root / META_DIR / "figures.parquet",
+        "articles": root / META_DIR / "articles.parquet",
+        "entrez": root / META_DIR / "entrez.parquet",
+        "report_articles": root / "report" / "articles.parquet",
+        "skips": root / "report" / "skips.parquet",
+    }
+    out = {k: p for k, p in candidates.items() if p.is_file()}
+    labels = latest_labels(root)
+    if labels is not None:
+        out["labels"] = labels
+    if any((root / "embeddings").glob("*/*.parquet")):
+        out["embeddings"] = root / "embeddings" / "*" / "*.parquet"
+    return out
+
+
+def latest_labels(dataset: str | os.PathLike) -> Path | None:
+    """``labels/latest.parquet`` if present, else the most recently written labels file."""
+    d = Path(dataset) / "labels"
+    if (d / "latest.parquet").is_file():
+        return d / "latest.parquet"
+    files = [p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)]
+    if not files:
+        return None
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def _ensure(dataset: str | os.PathLike, refresh: bool) -> Path:
+    # Absolute, resolved paths: views stay valid whatever the working directory, and a
+    # read-only connection's allowed directory matches the paths its views read.
+    root = Path(dataset).resolve()
+    if not (root / "manifest.json").is_file():
+        raise FileNotFoundError(f"{root} is not a dataset (no manifest.json)")
+    if refresh:
+        export(root)
+    elif not (root / META_DIR / "figures.parquet").is_file():
+        raise FileNotFoundError(f"{root}: no metadata yet; run `biomedica export {root}`")
+    return root
+
+
+def connect(dataset: str | os.PathLike, *, refresh: bool = True,
+            read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the dataset's tables as views (see module doc).
+
+    ``refresh`` first runs :func:`export` (a no-op when the metadata is current).
+    ``read_only`` confines the connection to files under the dataset folder and locks the
+    configuration, so SQL run on it cannot read or write anything else.
+    """
+    import duckdb
+
+    root = _ensure(dataset, refresh)
+    con = duckdb.connect()
+    paths = metadata_paths(root)
+    for name, path in paths.items():
+        if name == "embeddings":
+            con.execute(
+                f"CREATE VIEW embeddings AS SELECT * EXCLUDE (filename), "
+                f"parse_filename(parse_dirpath(filename)) AS model "
+                f"FROM read_parquet({sql_literal(path)}, union_by_name = true, filename = true)")
+        else:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_literal(path)})")
+    if "labels" in paths:
+        fcols = {r[0] for r in con.execute("DESCRIBE figures").fetchall()}
+        lcols = [r[0] for r in con.execute("DESCRIBE labels").fetchall()]
+        if "key" in lcols:
+            add = "".join(f", l.{quote_ident(c)}" for c in lcols if c not in fcols)
+            con.execute(f"CREATE VIEW figures_labeled AS SELECT f.*{add} "
+                        f"FROM figures f LEFT JOIN labels l ON l.key = f.key")
+    if read_only:
+        con.execute(f"SET allowed_directories = [{sql_literal(str(root) + os.sep)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+def lazy(dataset: str | os.PathLike, table: str = "figures", *,
+         refresh: bool = True) -> pl.LazyFrame:
+    """A Polars LazyFrame over one of the tables :func:`connect` exposes."""
+    import polars as pl
+
+    root = _ensure(dataset, refresh)
+    paths = metadata_paths(root)
+    if table not in paths:
+        raise ValueError(f"no table {table!r} in {root}; available: {sorted(paths)}")
+    if table == "embeddings":  # as the DuckDB view: a model column from embeddings/<model>/
+        return pl.scan_parquet(paths[table], include_file_paths="__file").with_columns(
+            model=pl.col("__file").map_elements(lambda f: Path(f).parent.name,
+                                                return_dtype=pl.String)).drop("__file")
+    return pl.scan_parquet(paths[table])

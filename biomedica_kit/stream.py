@@ -1,0 +1,377 @@
+"""Streaming samples: WebDataset pipelines over whole shards, and byte-range reads of subsets.
+
+Public API::
+
+    shard_urls(dataset, *, base_url=None, subsets=None) -> list[str]
+    make_pipeline(urls, *, shuffle=0, resampled=False, seed=0, decode=True,
+                  split_by_node=True, split_by_worker=True, handler=None) -> wds.DataPipeline
+    make_train_pipeline(urls, preprocess, tokenizer, *, batch_size=256, shuffle=1000,
+                        resampled=True, seed=0, epoch_batches=None, handler=None)
+    make_loader(pipeline, *, num_workers=2, **kw) -> wds.WebLoader      # needs torch
+    decode_sample(sample, *, rgb=False) -> dict   # {"key", "image", "caption", "meta", "url"}
+    read_ranges(rows, *, root=None, base_url=None, session=None, merge_gap=65536,
+                max_span=64 MiB, timeout=60) -> Iterator[dict]   # raw {"__key__", ext: bytes}
+    stream_rows(rows, *, root=None, base_url=None, decode=True, **kw) -> Iterator[dict]
+    stream_subset(dataset, where=None, *, keys=None, params=None, base_url=None,
+                  decode=True, session=None) -> Iterator[dict]
+
+**Whole shards.** :func:`make_pipeline` is a ``webdataset.DataPipeline`` over local paths,
+``file://`` or ``http(s)://`` URLs (opened with ``requests``; no ``curl`` needed): shard list
+(or ``ResampledShards`` with ``resampled=True``, sampling shards with replacement, seeded per
+node/worker/epoch), ``split_by_node`` and ``split_by_worker`` (not with resampling: every
+worker draws its own shards), tar expansion, a shuffle buffer of ``shuffle`` samples
+(deterministic from ``seed`` and the epoch), and decoding to
+``{"key", "image": PIL.Image, "caption": str, "meta": dict, "url"}``.
+
+It is a plain iterable and works without torch. With torch installed it is an
+``IterableDataset``: wrap it with :func:`make_loader` (a ``webdataset.WebLoader``, i.e. a torch
+``DataLoader``) and each worker reads its own shards. Without torch, ``webdataset`` splits by
+the ``RANK``/``WORLD_SIZE`` and ``WORKER``/``NUM_WORKERS`` environment variables.
+
+**Training (open_clip shape).** :func:`make_train_pipeline` follows open_clip's
+``get_wds_dataset``: resampled shards, sample shuffle, RGB decode, ``preprocess(image)``,
+``tokenizer([caption])[0]``, then batches of ``(images, texts)``. With open_clip::
+
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16")
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    pipe = make_train_pipeline(shard_urls(ds), preprocess, tokenizer, batch_size=256,
+                               epoch_batches=steps_per_epoch // num_workers)
+    loader = make_loader(pipe, num_workers=8)
+    for images, texts in loader: ...
+
+**Subsets without copying.** :func:`stream_subset` selects rows of ``figures.parquet`` (a
+predicate or keys, exactly as :func:`biomedica_kit.subset.subset`) and reads only those
+samples' bytes: ``seek``/``read`` on local shards, HTTP ``Range`` requests on a server. A
+sample's members are adjacent in its tar, so one range covers a sample; neighbouring samples
+closer than ``merge_gap`` bytes share one request. Samples come in shard order. A server that
+ignores ``Range`` (answers 200) is an error rather than a silent full download, and each
+sample's json ``key`` is checked against the metadata, so stale offsets fail loudly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from biomedica_kit.shards import IMAGE_EXTS, read_manifest
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+    import requests
+    import webdataset as wds
+
+_IMAGE_KEYS = tuple(IMAGE_EXTS) + ("jpeg", "webp", "tif", "tiff")
+_LOCATION = ("key", "shard", "image_ext", "image_offset", "image_length", "txt_offset",
+             "txt_length", "json_offset", "json_length")
+
+
+class RangeNotSupported(OSError):
+    """The server answered a Range request with the whole file (or a wrong range)."""
+
+
+def _is_http(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def shard_urls(dataset: str | os.PathLike, *, base_url: str | None = None,
+               subsets: Iterable[str] | None = None) -> list[str]:
+    """The current manifest's shards as local paths, or as URLs under ``base_url`` (the URL
+    the dataset folder is served at)."""
+    manifest = read_manifest(Path(dataset))
+    keep = set(subsets) if subsets is not None else None
+    rels = [s["path"] for s in manifest.get("shards", []) if keep is None or s["subset"] in keep]
+    if base_url:
+        return [base_url.rstrip("/") + "/" + r for r in rels]
+    return [str(Path(dataset) / r) for r in rels]
+
+
+# --------------------------------------------------------------------------- whole shards
+
+
+def _open_url(url: str, session: requests.Session | None, timeout: float):
+    """A readable binary stream for a path, file:// or http(s):// URL."""
+    if _is_http(url):
+        import requests
+
+        r = (session or requests).get(url, stream=True, timeout=timeout)
+        r.raise_for_status()
+        r.raw.decode_content = True
+        return r.raw
+    if url.startswith("file://"):
+        url = unquote(urlsplit(url).path)
+    return open(url, "rb")
+
+
+def _expand_shards(handler: Callable[[Exception], bool], session=None, timeout: float = 60.0):
+    """Pipeline stage: shard URLs (str or {"url"}) -> WebDataset samples, closing each shard."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    def files(src):
+        for item in src:
+            url = item["url"] if isinstance(item, dict) else item
+            try:
+                stream = _open_url(url, session, timeout)
+            except Exception as exc:  # noqa: BLE001 - the handler decides, as in webdataset
+                exc.args = (*exc.args, url)
+                if handler(exc):
+                    continue
+                break
+            try:
+                yield from tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+            finally:
+                stream.close()
+
+    def stage(src):
+        return group_by_keys(files(src), handler=handler)
+
+    return stage
+
+
+def decode_sample(sample: Mapping[str, Any], *, rgb: bool = False) -> dict[str, Any]:
+    """``{"key", "image": PIL.Image, "caption", "meta", "url"}`` from a raw WebDataset sample
+    (``__key__`` plus member bytes by extension). ``rgb`` converts the image to RGB."""
+    from PIL import Image
+
+    ext = next((e for e in _IMAGE_KEYS if e in sample), None)
+    image = None
+    if ext is not None:
+        image = Image.open(io.BytesIO(sample[ext]))
+        image.load()
+        if rgb and image.mode != "RGB":
+            image = image.convert("RGB")
+    txt, meta = sample.get("txt"), sample.get("json")
+    return {
+        "key": sample["__key__"],
+        "image": image,
+        "caption": txt.decode("utf-8") if isinstance(txt, bytes) else txt,
+        "meta": json.loads(meta) if isinstance(meta, (bytes, str)) else (meta or {}),
+        "url": sample.get("__url__"),
+    }
+
+
+def _seeded_shuffle(bufsize: int, seed: int | None):
+    """Sample shuffle: deterministic from (seed, node/worker, epoch) when seed is given."""
+    import webdataset as wds
+    from webdataset.utils import pytorch_worker_seed
+
+    if seed is None:
+        return wds.shuffle(bufsize, initial=min(bufsize, 100))
+
+    class _Shuffle(wds.PipelineStage):
+        epoch = -1
+
+        def run(self, src):
+            self.epoch += 1
+            rng = random.Random(f"{seed}/{pytorch_worker_seed()}/{self.epoch}")
+            return wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(src)
+
+    return _Shuffle()
+
+
+def make_pipeline(urls: str | Sequence[str], *, shuffle: int = 0, resampled: bool = False,
+                  seed: int | None = 0, decode: bool = True, split_by_node: bool = True,
+                  split_by_worker: bool = True,
+                  handler: Callable[[Exception], bool] | None = None,
+                  session: requests.Session | None = None) -> wds.DataPipeline:
+    """A WebDataset pipeline over shards (see module doc); yields decoded sample dicts, or
+    raw WebDataset samples with ``decode=False``.
+
+    ``shuffle`` is the sample shuffle buffer (0: stream order); with ``resampled`` shards are
+    drawn with replacement forever (bound an epoch with ``.with_epoch(n)``). ``handler``
+    decides what a bad shard or sample does (default: raise; ``wds.warn_and_continue`` skips).
+    """
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("no shard URLs")
+    if resampled:
+        stages: list = [wds.ResampledShards(urls, seed=seed or 0, deterministic=seed is not None)]
+    else:
+        stages = [wds.SimpleShardList(urls)]
+        if shuffle:
+            # Same shard order on every worker/node (seed + epoch), then split between them.
+            stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed or 0))
+        if split_by_node:
+            stages.append(wds.split_by_node)
+        if split_by_worker:
+            stages.append(wds.split_by_worker)
+    stages.append(_expand_shards(handler, session))
+    if shuffle:
+        stages.append(_seeded_shuffle(shuffle, seed))
+    if decode:
+        stages.append(wds.map(decode_sample, handler=handler))
+    return wds.DataPipeline(*stages)
+
+
+def make_train_pipeline(urls: str | Sequence[str], preprocess: Callable[[Any], Any],
+                        tokenizer: Callable[[list[str]], Any], *, batch_size: int = 256,
+                        shuffle: int = 1000, resampled: bool = True, seed: int | None = 0,
+                        epoch_batches: int | None = None,
+                        handler: Callable[[Exception], bool] | None = None,
+                        session: requests.Session | None = None) -> wds.DataPipeline:
+    """open_clip-shaped training pipeline yielding ``(images, texts)`` batches.
+
+    ``preprocess`` maps a PIL RGB image to an array/tensor; ``tokenizer`` maps a list of
+    strings to token rows (open_clip's tokenizers do). ``epoch_batches`` bounds an epoch (per
+    worker) for resampled streams. Samples without image or caption are dropped.
+    """
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
+    pipe = make_pipeline(urls, shuffle=shuffle, resampled=resampled, seed=seed, decode=False,
+                         handler=handler, session=session)
+    pipe.append(wds.select(lambda s: any(e in s for e in _IMAGE_KEYS) and s.get("txt")))
+    pipe.append(wds.map(lambda s: decode_sample(s, rgb=True), handler=handler))
+    pipe.append(wds.map(lambda d: (preprocess(d["image"]), tokenizer([d["caption"]])[0]),
+                        handler=handler))
+    pipe.append(wds.batched(batch_size, partial=not resampled))
+    if epoch_batches is not None:
+        pipe = pipe.with_epoch(epoch_batches)
+    return pipe
+
+
+def make_loader(pipeline: wds.DataPipeline, *, num_workers: int = 2, **kw: Any):
+    """A ``webdataset.WebLoader`` (torch DataLoader, ``batch_size=None``: the pipeline batches
+    or yields samples itself). Requires torch; the pipeline alone does not."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise ImportError("make_loader needs torch (pip install torch); the pipeline itself "
+                          "is a plain iterable without it") from None
+    import webdataset as wds
+
+    kw.setdefault("batch_size", None)
+    if num_workers > 0:
+        kw.setdefault("persistent_workers", False)
+    return wds.WebLoader(pipeline, num_workers=num_workers, **kw)
+
+
+# ----------------------------------------------------------------------------- byte ranges
+
+
+def _rows(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]]
+          ) -> list[dict[str, Any]]:
+    """Location columns of figures rows given as a pyarrow Table, a polars DataFrame or dicts."""
+    names = getattr(rows, "column_names", None) or getattr(rows, "columns", None)
+    if names is not None:
+        missing = [c for c in _LOCATION if c not in names]
+        if missing:
+            raise ValueError(f"rows lack location columns {missing} (from figures.parquet)")
+        table = rows.select(list(_LOCATION))
+        return table.to_pylist() if hasattr(table, "to_pylist") else table.to_dicts()
+    return [{c: r[c] for c in _LOCATION} for r in rows]
+
+
+def _spans(rows: list[dict[str, Any]], merge_gap: int, max_span: int):
+    """Group rows into byte spans per shard: [(shard, start, end, [(row, members)])]."""
+    out: list[tuple[str, int, int, list]] = []
+    rows = sorted(rows, key=lambda r: (r["shard"], r["image_offset"] or r["txt_offset"] or 0))
+    for r in rows:
+        members = [(r[f"{m}_offset"], r[f"{m}_length"], ext) for m, ext in (
+            ("image", r["image_ext"]), ("txt", "txt"), ("json", "json"))
+            if r[f"{m}_offset"] is not None]
+        if not members:
+            raise ValueError(f"{r['key']}: no member offsets")
+        start = min(m[0] for m in members)
+        end = max(m[0] + m[1] for m in members)
+        if out and out[-1][0] == r["shard"] and start - out[-1][2] <= merge_gap \
+                and end - out[-1][1] <= max_span and start >= out[-1][2]:
+            shard, s0, _, items = out[-1]
+            out[-1] = (shard, s0, end, items)
+            items.append((r, members))
+        else:
+            out.append((r["shard"], start, end, [(r, members)]))
+    return out
+
+
+def _fetch(url: str, start: int, end: int, session, timeout: float) -> bytes:
+    r = session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}, timeout=timeout)
+    if r.status_code != 206:
+        r.close()
+        if r.status_code == 200:
+            raise RangeNotSupported(f"{url}: server ignored the Range header (status 200)")
+        r.raise_for_status()
+        raise RangeNotSupported(f"{url}: unexpected status {r.status_code} for a range")
+    cr = r.headers.get("Content-Range", "")
+    if not cr.startswith(f"bytes {start}-{end - 1}/") or len(r.content) != end - start:
+        raise RangeNotSupported(f"{url}: asked bytes {start}-{end - 1}, got {cr!r} "
+                                f"({len(r.content)} bytes)")
+    return r.content
+
+
+def read_ranges(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]], *,
+                root: str | os.PathLike | None = None, base_url: str | None = None,
+                session: requests.Session | None = None, merge_gap: int = 1 << 16,
+                max_span: int = 64 << 20, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
+    """Raw samples ``{"__key__", "__url__", <ext>: bytes}`` for figures rows, read by offset
+    from local shards under ``root`` or over HTTP Range requests under ``base_url``."""
+    if (root is None) == (base_url is None):
+        raise ValueError("give exactly one of root (local dataset) or base_url (HTTP)")
+    if base_url is not None and session is None:
+        import requests
+
+        session = requests.Session()
+    for shard, spans in groupby(_spans(_rows(rows), merge_gap, max_span), key=lambda s: s[0]):
+        if base_url is not None:
+            url = base_url.rstrip("/") + "/" + shard
+            for _, start, end, items in spans:
+                blob = _fetch(url, start, end, session, timeout)
+                yield from _cut(url, blob, start, items)
+            continue
+        url = str(Path(root) / shard)
+        with open(url, "rb") as f:
+            for _, start, end, items in spans:
+                f.seek(start)
+                blob = f.read(end - start)
+                if len(blob) != end - start:
+                    raise OSError(f"{url}: short read at {start} (metadata stale?)")
+                yield from _cut(url, blob, start, items)
+
+
+def _cut(url: str, blob: bytes, start: int, items: list) -> Iterator[dict[str, Any]]:
+    """Slice one span's bytes into its samples, checking each json names its key."""
+    for r, members in items:
+        sample: dict[str, Any] = {"__key__": r["key"], "__url__": url}
+        for off, n, ext in members:
+            sample[ext] = blob[off - start: off - start + n]
+        if "json" in sample and json.loads(sample["json"]).get("key") != r["key"]:
+            raise ValueError(f"{url}: bytes at {r['json_offset']} are not {r['key']}'s json; "
+                             "figures.parquet is stale (run biomedica export)")
+        yield sample
+
+
+def stream_rows(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]], *,
+                root: str | os.PathLike | None = None, base_url: str | None = None,
+                decode: bool = True, **kw: Any) -> Iterator[dict[str, Any]]:
+    """:func:`read_ranges`, decoded with :func:`decode_sample` unless ``decode=False``."""
+    for sample in read_ranges(rows, root=root, base_url=base_url, **kw):
+        yield decode_sample(sample) if decode else sample
+
+
+def stream_subset(dataset: str | os.PathLike, where: str | None = None, *,
+                  keys: str | os.PathLike | Iterable[str] | None = None,
+                  params: Sequence[Any] | dict[str, Any] | None = None,
+                  base_url: str | None = None, decode: bool = True,
+                  session: requests.Session | None = None, **kw: Any) -> Iterator[dict[str, Any]]:
+    """Stream the samples a predicate (or keys) selects, without writing a subset.
+
+    The selection runs on the local dataset's metadata; bytes come from its shards, or from
+    ``base_url`` (where the same dataset is served over HTTP) with Range requests.
+    """
+    from biomedica_kit.subset import select_rows
+
+    rows = select_rows(dataset, where, keys=keys, params=params)
+    if base_url is not None:
+        yield from stream_rows(rows, base_url=base_url, decode=decode, session=session, **kw)
+    else:
+        yield from stream_rows(rows, root=dataset, decode=decode, **kw)
