@@ -57,13 +57,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biomedica_kit.shards import TMP_PREFIX, fsync_dir, read_manifest
+from biomedica_kit.tario import iter_tar_files
 
 if TYPE_CHECKING:
     import duckdb
@@ -77,8 +78,6 @@ _META_FORMAT = b"biomedica_kit.export_format"
 _META_VERSION = b"biomedica_kit.dataset_version"
 _META_REPORT = b"biomedica_kit.report"
 _META_JSON_COLUMNS = b"biomedica_kit.json_columns"
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
 
 #: Columns every figures row has, in this order, before the json fields (sorted by name).
 LOCATION_COLUMNS = ("key", "shard", "subset", "dataset_version", "image_ext", "image_offset",
@@ -132,68 +131,6 @@ def sql_literal(value: str | os.PathLike) -> str:
 def _open_shard(path: Path):
     """Open a shard for reading (a seam so tests can count the bytes export reads)."""
     return open(path, "rb")
-
-
-def _tar_number(field: bytes) -> int:
-    """A numeric tar header field: octal text, or GNU base-256 when the high bit is set."""
-    if field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
-    digits = field.split(b"\0", 1)[0].strip()
-    return int(digits, 8) if digits else 0
-
-
-def _tar_text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def iter_tar_files(f, path: str | os.PathLike = "<tar>") -> Iterator[tuple[str, int, int]]:
-    """``(name, data offset, size)`` of each regular file of an uncompressed tar.
-
-    Reads the 512-byte headers (and GNU long-name / pax records) only and seeks over member
-    data, so images are never read. Checksums are verified; a truncated or corrupt header
-    raises ValueError.
-    """
-    pos = 0
-    long_name: str | None = None
-    pax: dict[str, str] = {}
-    while True:
-        f.seek(pos)
-        block = f.read(_BLOCK)
-        if len(block) < _BLOCK or block == _ZERO_BLOCK:
-            if block.strip(b"\0"):
-                raise ValueError(f"{path}: truncated tar header at byte {pos}")
-            return
-        if _tar_number(block[148:156]) != sum(block[:148]) + 256 + sum(block[156:]):
-            raise ValueError(f"{path}: bad tar header checksum at byte {pos}")
-        kind = block[156:157]
-        size = int(pax["size"]) if "size" in pax else _tar_number(block[124:136])
-        data = pos + _BLOCK
-        pos = data + -(-size // _BLOCK) * _BLOCK
-        if kind in (b"L", b"x", b"g", b"K"):  # metadata records for the next member
-            f.seek(data)
-            payload = f.read(size)
-            if kind == b"L":
-                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif kind == b"x":
-                pax = _pax_records(payload)
-            continue
-        name = pax.get("path") or long_name or _tar_text(block[:100])
-        if block[257:263] == b"ustar\0" and block[345] and not (long_name or "path" in pax):
-            name = _tar_text(block[345:500]) + "/" + name  # POSIX ustar name prefix
-        long_name, pax = None, {}
-        if kind in (b"0", b"\0", b"7"):
-            yield name, data, size
-
-
-def _pax_records(payload: bytes) -> dict[str, str]:
-    """``length key=value\\n`` records of a pax extended header."""
-    out, i = {}, 0
-    while i < len(payload) and payload[i:i + 1] != b"\0":
-        length = int(payload[i:payload.index(b" ", i)])
-        key, _, value = payload[payload.index(b" ", i) + 1:i + length - 1].partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "surrogateescape")
-        i += length
-    return out
 
 
 def read_shard_records(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -111,8 +111,15 @@ def _open_url(url: str, session: requests.Session | None, timeout: float):
 
 
 def _expand_shards(handler: Callable[[Exception], bool], session=None, timeout: float = 60.0):
-    """Pipeline stage: shard URLs (str or {"url"}) -> WebDataset samples, closing each shard."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    """Pipeline stage: shard URLs (str or {"url"}) -> WebDataset samples, closing each shard.
+
+    Members are read with :func:`biomedica_kit.tario.iter_tar_stream` (one ``read`` per member)
+    instead of webdataset's ``tarfile`` stream expander, which copies every member through a
+    Python loop; grouping into samples is webdataset's own ``group_by_keys``.
+    """
+    from webdataset.tariterators import group_by_keys
+
+    from biomedica_kit.tario import iter_tar_stream
 
     def files(src):
         for item in src:
@@ -125,7 +132,14 @@ def _expand_shards(handler: Callable[[Exception], bool], session=None, timeout: 
                     continue
                 break
             try:
-                yield from tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+                for name, data in iter_tar_stream(stream, url):
+                    yield {"fname": name, "data": data, "__url__": url}
+                yield {}  # end of shard: group_by_keys closes the sample (a resampled shard
+                # may follow itself, repeating the last key)
+            except Exception as exc:  # noqa: BLE001 - a broken shard: the handler decides
+                exc.args = (*exc.args, url)
+                if not handler(exc):
+                    raise
             finally:
                 stream.close()
 
