@@ -66,8 +66,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes" if srv.ranges else "none")
         self.end_headers()
+        # Counted before writing: the client may finish reading before this thread resumes.
+        with srv.lock:
+            srv.sent += len(body)
         self.wfile.write(body)
-        srv.sent += len(body)
 
     def log_message(self, *args):
         pass
@@ -76,6 +78,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
 def _serve(root: Path, *, ranges: bool = True):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
     server.root, server.ranges, server.log, server.sent = root.resolve(), ranges, [], 0
+    server.lock = threading.Lock()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
