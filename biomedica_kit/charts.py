@@ -410,6 +410,55 @@ def mesh_terms(con: duckdb.DuckDBPyConnection, n: int = 30) -> go.Figure | Missi
     return _term_bars(t, "mesh_terms", "mesh_terms", f"Top {t.height} MeSH terms (samples)")
 
 
+def _no_mesh(what: str) -> Missing:
+    return Missing(what, f"This dataset has no MeSH terms yet. {_MESH_FROM} "
+                         "Nothing is shown until they exist.")
+
+
+def mesh_heatmap(con: duckdb.DuckDBPyConnection, by: str, n: int = 20) -> go.Figure | Missing:
+    """Heatmap of the ``n`` most frequent MeSH terms x ``by`` (``license_category``, ``year``
+    or a taxonomy label column such as ``primary_label``), counted in samples."""
+    view = "figures"
+    if by in LABEL_COLUMNS:
+        found = _label_view(con, by)
+        if found is None or not _labelled_rows(con, *found):
+            return _no_labels(f"MeSH terms × {by}")
+        view, by = found
+    t, _ = _quietly(query.mesh_crosstab, con, by, per=view, top=n)
+    if t is None or t.is_empty() or t.width < 2:
+        return _no_mesh(f"MeSH terms × {by}")
+    cols = t.columns[1:]
+    if by == "license_category":
+        cols = sorted(cols, key=lambda c: (LICENCE_CATEGORIES.index(c)
+                                           if c in LICENCE_CATEGORIES else 9, c))
+    z = [[row[c] for c in cols] for row in t.iter_rows(named=True)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=cols, y=t["mesh_terms"].to_list(), colorscale="Blues", text=z,
+        texttemplate="%{text}", hovertemplate="%{y} / %{x}: %{z} samples<extra></extra>"))
+    return _layout(fig, f"mesh_x_{by}", f"Top {t.height} MeSH terms × {by} (samples)",
+                   height=_height(t.height), xaxis={"title": by, "type": "category"},
+                   yaxis={"automargin": True, "autorange": "reversed"})
+
+
+def mesh_categories(con: duckdb.DuckDBPyConnection, descriptors: str | os.PathLike | None,
+                    level: str = "category") -> go.Figure | Missing:
+    """Bars: samples per MeSH tree category (``level="category"``: the 16 top-level
+    categories; ``"tree"``: second level such as C04), rolled up with NLM's descriptor file
+    (``descYYYY.xml``); a plain note when no file is given or no MeSH terms exist."""
+    if descriptors is None:
+        return Missing("MeSH categories", "No MeSH descriptor file given: set the "
+                       "`mesh_descriptors` parameter to NLM's descYYYY.xml (or .xml.gz) to roll "
+                       "MeSH terms up to their tree categories.")
+    from biomedica_kit.entrez import load_mesh_descriptors
+
+    t, _ = _quietly(query.mesh_category_counts, con, load_mesh_descriptors(descriptors),
+                    per="figures", level=level)
+    if t is None or t.is_empty():
+        return _no_mesh("MeSH categories")
+    return _term_bars(t.rename({"category": "mesh_category"}), "mesh_category",
+                      f"mesh_{level}", f"Samples per MeSH {level} ({t.height})")
+
+
 def subjects(con: duckdb.DuckDBPyConnection, n: int = 30) -> go.Figure | Missing:
     """Horizontal bars: the ``n`` most frequent article subjects (JATS ``subj-group``)."""
     t = query.subject_counts(con, per="figures", limit=n)

@@ -174,12 +174,16 @@ def verify(dataset: str) -> None:
 @click.option("--rate", type=float, default=None,
               help="Requests per second (default 3, 10 with a key).")
 @click.option("--offline", is_flag=True, help="Use only records already in the cache.")
-def enrich(dataset, eutils_url, cache_dir, email, api_key, rate, offline) -> None:
+@click.option("--mesh-descriptors", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="NLM's MeSH descriptor file (descYYYY.xml[.gz]): adds top-level categories.")
+def enrich(dataset, eutils_url, cache_dir, email, api_key, rate, offline,
+           mesh_descriptors) -> None:
     """Add PubMed (Entrez) fields to DATASET: metadata/entrez.parquet and a new version."""
     from biomedica_kit.enrich import enrich as run_enrich
 
     s = run_enrich(dataset, eutils_url=eutils_url, cache_dir=cache_dir, email=email,
-                   api_key=api_key, rate=rate, fetch=not offline, progress=True)
+                   api_key=api_key, rate=rate, fetch=not offline, progress=True,
+                   mesh_descriptors=mesh_descriptors)
     click.echo(f"pmids {s.pmids}  " + " ".join(f"{k}={v}" for k, v in sorted(s.counts.items())))
     click.echo(f"samples changed {s.samples_changed}  version {s.dataset_version}"
                + (f" (parent {s.parent})" if s.parent else " (unchanged)"))

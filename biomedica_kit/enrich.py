@@ -20,16 +20,19 @@ ENTREZ_FIELDS = (
     "entrez_status", "mesh_terms", "mesh_major", "mesh", "supplementary_concepts",
     "publication_types", "chemicals", "pubmed_keywords", "grants", "languages",
     "reference_pmids", "reference_count", "pubmed_abstract", "citation_status",
+    "mesh_categories",
     # BIOMEDICA's published keys for the same facts.
     "article_mesh_terms", "article_reference_ids", "article_reference_count",
     "article_abstract",
 )
 
 
-def sample_fields(record: dict, *, has_abstract: bool = True) -> dict:
+def sample_fields(record: dict, *, has_abstract: bool = True, descriptors=None) -> dict:
     """The json fields a parsed PubMed record gives a sample.
 
     ``has_abstract``: whether the sample's json already has ``article_abstract`` (from the XML).
+    ``descriptors`` (NLM's MeSH descriptor file, loaded) adds ``mesh_categories``: the
+    top-level MeSH tree categories of the record's descriptors.
     """
     fields = {
         "entrez_status": "ok",
@@ -54,6 +57,11 @@ def sample_fields(record: dict, *, has_abstract: bool = True) -> dict:
     # had none (BIOMEDICA took its abstracts from Entrez).
     if not has_abstract and record.get("abstract"):
         fields["article_abstract"] = record["abstract"]
+    if descriptors is not None:
+        from biomedica_kit.entrez import mesh_rollup
+
+        uis = [m["ui"] for m in record.get("mesh") or [] if m.get("ui")]
+        fields["mesh_categories"] = list(mesh_rollup(uis, descriptors).names)
     return fields
 
 
@@ -95,10 +103,13 @@ def enrich(
     rate: float | None = None,
     fetch: bool = True,
     progress: bool = False,
+    mesh_descriptors: str | Path | None = None,
 ) -> EnrichSummary:
     """Fetch (or read from cache) PubMed records for a dataset and apply them as a new version.
 
     ``fetch=False`` uses only what the cache already holds (offline re-application).
+    ``mesh_descriptors``: NLM's ``descYYYY.xml`` (or .gz); rolls descriptors up to their
+    top-level tree categories in the Entrez table and the samples.
     """
     from biomedica_kit import entrez
     from biomedica_kit.versions import apply_changes
@@ -114,12 +125,15 @@ def enrich(
                                       api_key=api_key or os.environ.get("NCBI_API_KEY"),
                                       rate=rate, progress=progress, **kw)
         counts = summary.counts()
+    descriptors = entrez.load_mesh_descriptors(mesh_descriptors) if mesh_descriptors else None
     table_path = root / "metadata" / "entrez.parquet"
-    entrez.write_entrez_parquet(entrez.entrez_table(pmids, cache), table_path)
+    entrez.write_entrez_parquet(entrez.entrez_table(pmids, cache, descriptors=descriptors),
+                                table_path)
     records = entrez.load_cached(pmids, cache)
     if not counts:
         counts = {"ok": len(records), "missing": len(pmids) - len(records)}
-    changes = {key: sample_fields(rec, has_abstract=key not in no_abstract)
+    changes = {key: sample_fields(rec, has_abstract=key not in no_abstract,
+                                  descriptors=descriptors)
                for pmid, rec in records.items() for key in by_pmid[pmid]}
     before = read_manifest(root)["dataset_version"]
     res = apply_changes(root, changes, kind="entrez", fields=list(ENTREZ_FIELDS),

@@ -451,3 +451,78 @@ def _emit(rel: duckdb.DuckDBPyRelation, fmt: str, stream: Any) -> int:
             else:
                 stream.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     return n
+
+
+def mesh_crosstab(con: duckdb.DuckDBPyConnection, by: str, *, per: str = "figures",
+                  top: int = 20) -> pl.DataFrame | None:
+    """The ``top`` MeSH descriptors (rows) x ``by`` (columns: licence category, year, a
+    taxonomy label column...), counting rows per descriptor and value; None until Entrez
+    enrichment (or while ``by`` does not exist yet). ``per="figures_labeled"`` reads labels
+    kept in ``labels/*.parquet``."""
+    import polars as pl
+
+    if per not in ("figures", "articles", "figures_labeled"):
+        raise ValueError(f"per must be 'figures', 'articles' or 'figures_labeled', not {per!r}")
+    src = _mesh_source(con, per)
+    if src is None:
+        _unavailable(f"no MeSH terms for {per}: run the Entrez enrichment first")
+        return None
+    if by not in src.cols:
+        _unavailable(f"no {by!r} column in {per} yet")
+        return None
+    terms = _count(con, src, ["mesh_terms"], dropna=True, limit=top)["mesh_terms"].to_list()
+    long = _count(con, src, ["mesh_terms", by], dropna=True).filter(
+        pl.col("mesh_terms").is_in(terms))
+    if long.is_empty():
+        return pl.DataFrame({"mesh_terms": []}, schema={"mesh_terms": pl.String})
+    long = long.with_columns(pl.col(by).cast(pl.String))
+    wide = long.pivot(on=by, index="mesh_terms", values="n", sort_columns=True)
+    order = {t: i for i, t in enumerate(terms)}
+    return (wide.with_columns(pl.exclude("mesh_terms").fill_null(0))
+            .sort(pl.col("mesh_terms").replace_strict(order, default=len(order))))
+
+
+def mesh_category_counts(con: duckdb.DuckDBPyConnection, descriptors, *,
+                         per: str = "figures", level: str = "category"
+                         ) -> pl.DataFrame | None:
+    """Rows per MeSH tree category, rolling descriptors up with NLM's descriptor file.
+
+    ``descriptors``: :func:`biomedica_kit.entrez.load_mesh_descriptors` of ``descYYYY.xml``.
+    ``level="category"`` gives the 16 top-level categories (Diseases, Organisms...),
+    ``level="tree"`` the second level (C04, B01...). A row counts once per category however
+    many of its descriptors fall in it. Descriptors the file does not know are counted under
+    ``(not in descriptor file)`` rather than dropped.
+    """
+    import polars as pl
+
+    from biomedica_kit.entrez import mesh_top_categories
+
+    if level not in ("category", "tree"):
+        raise ValueError(f"level must be 'category' or 'tree', not {level!r}")
+    src = _mesh_source(con, _per(per))
+    if src is None:
+        _unavailable(f"no MeSH terms for {per}: run the Entrez enrichment first")
+        return None
+    ui_by_name = {name: ui for ui, name in descriptors.names.items()}
+    terms = _count(con, src, ["mesh_terms"], dropna=True)["mesh_terms"].to_list()
+    pairs = []
+    for term in terms:
+        ui = ui_by_name.get(term)
+        if ui is None:
+            pairs.append((term, "(not in descriptor file)"))
+            continue
+        cats = mesh_top_categories(descriptors.get(ui, []))
+        for c in (cats.names if level == "category" else cats.trees):
+            pairs.append((term, c))
+    mapping = pl.DataFrame(pairs, schema={"term": pl.String, "category": pl.String},
+                           orient="row")
+    con.register("_mesh_category_map", mapping.to_arrow())
+    try:
+        sql = (f"WITH s AS (SELECT row_number() OVER () AS rid, mesh_terms FROM {src.sql}), "
+               "u AS (SELECT rid, unnest(mesh_terms) AS term FROM s) "
+               "SELECT m.category, count(DISTINCT u.rid) AS n "
+               "FROM u JOIN _mesh_category_map m USING (term) "
+               "GROUP BY 1 ORDER BY n DESC, 1")
+        return _pl(con, sql, [])
+    finally:
+        con.unregister("_mesh_category_map")

@@ -110,3 +110,48 @@ def test_cli_enrich_offline(corpus, records, tmp_path):
     assert res.exit_code == 0, res.output
     assert "samples changed 0" in res.output  # empty cache, no network: nothing to apply
     assert pq.read_metadata(ds / "metadata/entrez.parquet").num_rows == 2
+
+
+# A hand-written excerpt in the format of NLM's descYYYY.xml: three real descriptors of
+# PMID 23657305 with their real tree numbers (MeSH 2025); the rest of its descriptors are absent
+# on purpose, to show they are counted as unknown rather than dropped.
+DESCRIPTORS = """<?xml version="1.0"?>
+<DescriptorRecordSet LanguageCode="eng">
+<DescriptorRecord DescriptorClass="1"><DescriptorUI>D006801</DescriptorUI>
+ <DescriptorName><String>Humans</String></DescriptorName>
+ <TreeNumberList><TreeNumber>B01.050.150.900.649.313.988.400.112.400.400</TreeNumber>
+ </TreeNumberList></DescriptorRecord>
+<DescriptorRecord DescriptorClass="1"><DescriptorUI>D008108</DescriptorUI>
+ <DescriptorName><String>Liver Diseases, Alcoholic</String></DescriptorName>
+ <TreeNumberList><TreeNumber>C06.552.645</TreeNumber>
+ <TreeNumber>C25.775.100.087.645</TreeNumber></TreeNumberList></DescriptorRecord>
+<DescriptorRecord DescriptorClass="1"><DescriptorUI>D019190</DescriptorUI>
+ <DescriptorName><String>Iron Overload</String></DescriptorName>
+ <TreeNumberList><TreeNumber>C18.452.565.500</TreeNumber></TreeNumberList>
+</DescriptorRecord>
+</DescriptorRecordSet>
+"""
+
+
+def test_mesh_distributions_and_rollup(corpus, records, tmp_path):
+    from biomedica_kit import query
+    from biomedica_kit.entrez import load_mesh_descriptors
+
+    desc = tmp_path / "desc2025.xml"
+    desc.write_text(DESCRIPTORS)
+    ds = tmp_path / "ds"
+    build(make_source(corpus, tmp_path), ds, workers=1, progress=False)
+    with EutilsServer(records) as srv:
+        enrich(ds, eutils_url=srv.base_url, rate=50, mesh_descriptors=desc)
+    shard = next(s for s in read_manifest(ds)["shards"] if s["subset"] == "other")
+    meta = json.loads(dict(iter_samples(ds / shard["path"]))["elife-32671_fig1"]["json"])
+    assert meta["mesh_categories"] == ["Organisms", "Diseases"]
+    con = query.connect(ds)
+    by_licence = query.mesh_crosstab(con, "license_category", top=3)
+    assert by_licence.columns == ["mesh_terms", "other"]
+    assert by_licence["other"].to_list() == [5, 5, 5]  # the five figures of elife-32671
+    cats = query.mesh_category_counts(con, load_mesh_descriptors(desc))
+    assert dict(zip(cats["category"], cats["n"], strict=True)) == {
+        "Diseases": 5, "Organisms": 5, "(not in descriptor file)": 5}
+    trees = query.mesh_category_counts(con, load_mesh_descriptors(desc), level="tree")
+    assert set(trees["category"]) == {"B01", "C06", "C18", "C25", "(not in descriptor file)"}
