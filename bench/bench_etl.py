@@ -181,10 +181,15 @@ def bench_startup(work: Path, copies: int) -> dict:
 
 
 def bench_memory(mirror: Path, work: Path, sizes: list[int]) -> dict:
-    """Peak RSS of a one-process build over the first N packages, for growing N."""
-    code = ("import resource, sys\nfrom biomedica_kit.build import build\n"
+    """Peak RSS of a one-process build over the first N packages, for growing N.
+
+    Read from the child's VmHWM, which starts afresh at exec (getrusage's ru_maxrss would
+    carry over this benchmark process's own resident size from the fork).
+    """
+    code = ("import sys\nfrom biomedica_kit.build import build\n"
             "build(sys.argv[1], sys.argv[2], workers=1, progress=False, limit=int(sys.argv[3]))\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+            "print(next(l.split()[1] for l in open('/proc/self/status') "
+            "if l.startswith('VmHWM')))\n")
     rss = {}
     for n in sizes:
         out = work / f"mem{n}"
