@@ -621,6 +621,10 @@ class _RetryableResponse(Exception):
         self.wait = wait
 
 
+class _RefusedResponse(Exception):
+    """A definitive answer that asking again would not change (4xx other than 429)."""
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
@@ -707,12 +711,12 @@ class _Fetcher:
     refreshing_ok: set[str] = field(default_factory=set)
 
     def _delay(self, attempt: int) -> float:
-        # Full jitter keeps parallel workers from retrying in lockstep.
+        # Jitter keeps parallel workers from retrying in lockstep.
         return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1)
 
     def _post(self, ids: list[str]) -> tuple[dict[str, bytes], str | None]:
         """One efetch attempt. Returns the records and NCBI's error text; raises
-        _RetryableResponse for transient trouble and RuntimeError for a definitive refusal."""
+        _RetryableResponse for transient trouble and _RefusedResponse for a refusal."""
         import requests
 
         self.limiter.acquire()
@@ -733,7 +737,7 @@ class _Fetcher:
                 self.limiter.defer(wait)
             raise _RetryableResponse(f"HTTP {code}: {_snippet(response.content)}", wait)
         if code != 200:
-            raise RuntimeError(f"HTTP {code}: {_snippet(response.content)}")
+            raise _RefusedResponse(f"HTTP {code}: {_snippet(response.content)}")
         return _read_efetch_body(response.content)
 
     def fetch(self, ids: list[str]) -> _BatchResult:
@@ -757,7 +761,7 @@ class _Fetcher:
                 if attempt < self.retries:
                     time.sleep(max(self._delay(attempt + 1), exc.wait or 0.0))
                 continue
-            except RuntimeError as exc:
+            except _RefusedResponse as exc:
                 reason = str(exc)
                 break
             for pmid in ids:
@@ -1140,7 +1144,8 @@ def entrez_table(
     ``status`` is ``ok`` / ``not_found`` / ``failed`` with a ``reason`` for the latter two
     (a PMID never fetched is ``failed``, "not in cache"). The record columns are filled for
     ``ok`` rows and null otherwise. With ``descriptors`` (from :func:`load_mesh_descriptors`)
-    the MeSH rollup columns are filled too. ``workers`` > 1 parses in that many processes.
+    the MeSH rollup columns are filled too. ``workers`` > 1 parses in that many processes
+    (started with spawn: a script calling this needs an ``if __name__ == "__main__":`` guard).
     """
     import pyarrow as pa
 

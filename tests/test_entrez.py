@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from eutils_server import EutilsServer, load_corpus_records
 from lxml import etree
 
 from biomedica_kit import entrez
@@ -34,7 +35,6 @@ from biomedica_kit.entrez import (
     parse_pubmed_articles,
     write_entrez_parquet,
 )
-from tests.eutils_server import EutilsServer, load_corpus_records
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "pubmed_efetch"
 
