@@ -314,6 +314,59 @@ def bench_streaming(ds: Path, work: Path, repeat: int) -> list[tuple[str, float,
         ("make_pipeline(decode=False) over shards", n / t_pipe, "samples/s",
          f"{t_cat / t_pipe:.2f}"),
         ("  ... vs loose files", n / t_pipe, "samples/s", f"{t_loose / t_pipe:.2f}"),
+        *_bench_http(ds, work, shards, files, n, repeat),
+    ]
+
+
+def _bench_http(ds: Path, work: Path, shards: list[str], files: list[Path], n: int,
+                repeat: int) -> list[tuple[str, float, str, str]]:
+    """The same comparison over HTTP on 127.0.0.1 (keep-alive): one request per loose file
+    against one streamed request per shard, as when a dataset is read from a remote store."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    from biomedica_kit import stream
+
+    class Quiet(SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, so loose files do not pay a connect each
+        disable_nagle_algorithm = True  # else each small response waits on a delayed ACK
+
+        def log_message(self, *args):
+            pass
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # the client closing its keep-alive connection at the end is not an error
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(work)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        rel = os.path.relpath(ds, work)
+        urls = [f"{base}/{rel}/{os.path.relpath(p, ds)}" for p in shards]
+        loose_urls = [f"{base}/{os.path.relpath(f, work)}" for f in files]
+        session = requests.Session()
+
+        def http_loose() -> int:
+            return sum(len(session.get(u).content) for u in loose_urls)
+
+        def http_shards() -> int:
+            return sum(1 for _ in stream.make_pipeline(urls, decode=False, session=session))
+
+        t_loose, _ = median_time(http_loose, repeat)
+        t_pipe, count = median_time(http_shards, repeat)
+        assert count == n
+    finally:
+        server.shutdown()
+        server.server_close()
+    return [
+        ("HTTP 127.0.0.1: loose files, one GET each (baseline)", n / t_loose, "samples/s",
+         "1.00"),
+        ("HTTP 127.0.0.1: make_pipeline over shard URLs", n / t_pipe, "samples/s",
+         f"{t_loose / t_pipe:.2f}"),
     ]
 
 
