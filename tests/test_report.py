@@ -44,7 +44,7 @@ def built_report(analysis_dataset, tmp_path_factory) -> Path:
                                     "--notebook", "03_explore", "-p", 'licences=["other"]'])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "01_overview: 6 charts, 0 notes" in res.output
-    assert "02_topics: 2 charts, 2 notes" in res.output
+    assert "02_topics: 2 charts, 4 notes" in res.output
     return out
 
 
