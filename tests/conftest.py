@@ -69,3 +69,27 @@ def analysis_dataset(tmp_path_factory, corpus) -> Path:
     build(src, out, workers=1, progress=False)
     export(out, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory, corpus) -> Path:
+    """An NCBI-layout mirror (oa_file_list.csv + oa_package/xx/yy/*.tar.gz) of real corpus
+    packages, shared read-only by the source, HTTP and resume tests (copy it to change it)."""
+    from mirror_server import build_mirror
+
+    root = tmp_path_factory.mktemp("mirror")
+    build_mirror(corpus, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def corpus_dataset(corpus, tmp_path_factory) -> Path:
+    """The real corpus built once, in shards of 2 samples (7 samples: commercial and other).
+
+    Shared by several modules: a test may export its metadata (idempotent) or read it, but
+    must not change its shards (build a dataset of its own for that)."""
+    from biomedica_kit.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("corpus") / "ds"
+    build(corpus, out, workers=1, progress=False, config=BuildConfig(shard_max_samples=2))
+    return out

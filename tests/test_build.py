@@ -24,7 +24,10 @@ from biomedica_kit.sources import write_file_list
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory, corpus) -> Path:
-    """An NCBI-layout folder: oa_package/xx/yy/<id>.tar.gz plus an oa_file_list.csv."""
+    """An NCBI-layout folder: oa_package/xx/yy/<id>.tar.gz plus an oa_file_list.csv.
+
+    Overrides conftest's ``mirror`` here: four packages, with file-list licences that differ
+    from the XML's."""
     root = tmp_path_factory.mktemp("mirror")
     rows = []
     for name, pmcid, pmid, lic in [

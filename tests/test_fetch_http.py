@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from mirror_server import MISSING, PACKAGES, MirrorServer, build_mirror, package_path
+from mirror_server import MISSING, PACKAGES, MirrorServer, package_path
 
 from biomedica_kit.build import BuildConfig, build
 from biomedica_kit.cli import main
@@ -23,13 +23,6 @@ from biomedica_kit.sources import LAST_UPDATED, Selection, read_file_list, write
 
 CFG = BuildConfig(shard_max_samples=4)
 FAST = FetchPolicy(rate=50, retries=3, backoff=0.02, read_timeout=1.0, threads=3)
-
-
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory, corpus) -> Path:
-    root = tmp_path_factory.mktemp("mirror")
-    build_mirror(corpus, root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT, SAMPLE
 
 from biomedica_kit import metadata, query
 from biomedica_kit.build import BuildConfig, build
 from biomedica_kit.cli import main
 from biomedica_kit.shards import iter_samples, read_manifest
 from biomedica_kit.versions import apply_changes
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample" / "packages"
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +35,10 @@ def sample_ds(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus_ds(corpus, tmp_path_factory) -> Path:
-    """The real shared corpus (commercial and other subsets)."""
-    out = tmp_path_factory.mktemp("meta") / "corpus"
-    build(corpus, out, workers=1, progress=False, config=BuildConfig(shard_max_samples=2))
-    metadata.export(out, workers=1)
-    return out
+def corpus_ds(corpus_dataset) -> Path:
+    """The real shared corpus (commercial and other subsets), exported."""
+    metadata.export(corpus_dataset, workers=1)
+    return corpus_dataset
 
 
 @pytest.fixture

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from mirror_server import PACKAGES, MirrorServer, build_mirror, package_path
+from mirror_server import PACKAGES, MirrorServer, package_path
 
 from biomedica_kit.build import BuildConfig, build, run_local
 from biomedica_kit.shards import iter_samples, read_manifest, verify
 
 CFG = BuildConfig(shard_max_samples=3)
-
-
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory, corpus) -> Path:
-    root = tmp_path_factory.mktemp("mirror")
-    build_mirror(corpus, root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,14 @@ import pytest
 from PIL import Image
 
 from biomedica_kit import stream
-from biomedica_kit.build import BuildConfig, build
 from biomedica_kit.shards import iter_samples, read_manifest
 from biomedica_kit.subset import select_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample" / "packages"
-
 
 @pytest.fixture(scope="module")
-def ds(corpus, tmp_path_factory) -> Path:
+def ds(corpus_dataset) -> Path:
     """The real corpus (7 samples, 2 subsets) in shards of 2 samples: 4+ shards to split."""
-    out = tmp_path_factory.mktemp("stream") / "corpus"
-    build(corpus, out, workers=1, progress=False, config=BuildConfig(shard_max_samples=2))
-    return out
+    return corpus_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import SAMPLE
 
 from biomedica_kit import metadata
 from biomedica_kit.build import BuildConfig, build
@@ -16,16 +17,11 @@ from biomedica_kit.cli import main
 from biomedica_kit.shards import iter_samples, read_manifest, verify
 from biomedica_kit.subset import PredicateError, subset, validate_predicate
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample" / "packages"
-
 
 @pytest.fixture(scope="module")
-def parent(corpus, tmp_path_factory) -> Path:
+def parent(corpus_dataset) -> Path:
     """The real corpus in shards of 2 samples (commercial and other subsets)."""
-    out = tmp_path_factory.mktemp("subset") / "corpus"
-    build(corpus, out, workers=1, progress=False, config=BuildConfig(shard_max_samples=2))
-    return out
+    return corpus_dataset
 
 
 @pytest.fixture(scope="module")
