@@ -16,16 +16,28 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from biomedica_kit.sources import PackageRef
 
 C = TypeVar("C")
 R = TypeVar("R")
+T = TypeVar("T")
+_END = object()
 #: A worker: one package and the build config in, one result out (must be picklable).
 Worker = Callable[["PackageRef", C], R]
+
+
+class _WithConfig(Generic[C, R]):
+    """``worker(ref, cfg)`` as a one-argument callable that pickles to pool processes."""
+
+    def __init__(self, worker: Worker, cfg: C) -> None:
+        self.worker, self.cfg = worker, cfg
+
+    def __call__(self, ref: PackageRef) -> R:
+        return self.worker(ref, self.cfg)
 
 
 def run_local(refs: Iterable[PackageRef], cfg: C, workers: int | None, *,
@@ -41,17 +53,24 @@ def run_local(refs: Iterable[PackageRef], cfg: C, workers: int | None, *,
             yield worker(r, cfg)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        window: deque[Future] = deque()
-        it = iter(refs)
-        for r in it:
-            window.append(pool.submit(worker, r, cfg))
-            if len(window) >= 4 * workers:
-                break
-        while window:
-            yield window.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                window.append(pool.submit(worker, nxt, cfg))
+        yield from ordered_window(pool, _WithConfig(worker, cfg), refs, 4 * workers)
+
+
+def ordered_window(pool: Executor, fn: Callable[[T], R], items: Iterable[T], size: int
+                   ) -> Iterator[R]:
+    """``fn`` over ``items`` on ``pool``, yielding results in input order with at most ``size``
+    submitted ahead of the consumer (memory and disk stay flat however long ``items`` is)."""
+    window: deque[Future] = deque()
+    it = iter(items)
+    for item in it:
+        window.append(pool.submit(fn, item))
+        if len(window) >= size:
+            break
+    while window:
+        yield window.popleft().result()
+        nxt = next(it, _END)
+        if nxt is not _END:
+            window.append(pool.submit(fn, nxt))
 
 
 def run_ray(refs: Iterable[PackageRef], cfg: C, address: str = "local", *, worker: Worker,

@@ -30,15 +30,15 @@ import threading
 import time
 import zipfile
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import requests
 import urllib3
 
+from biomedica_kit.distribute import ordered_window
 from biomedica_kit.shards import atomic_write_bytes
 from biomedica_kit.sources import FILE_LIST, PackageRef
 
@@ -190,17 +190,7 @@ class Fetcher:
         """
         threads = max(1, threads or self.policy.threads)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
-            window: deque[Future] = deque()
-            it = iter(refs)
-            for r in it:
-                window.append(pool.submit(self.fetch, r))
-                if len(window) >= 4 * threads:
-                    break
-            while window:
-                yield window.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    window.append(pool.submit(self.fetch, nxt))
+            yield from ordered_window(pool, self.fetch, refs, 4 * threads)
 
     # ------------------------------------------------------------------------ internals
 
