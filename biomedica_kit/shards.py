@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,17 +51,40 @@ class MemberLocation:
 
 
 class _HashingFile:
-    """Buffered file that hashes and counts everything written through it."""
+    """File writer that counts everything written through it and hashes it on a second thread.
+
+    sha256 costs about a third of writing a shard; hashlib releases the GIL on large buffers,
+    so a helper thread hashes one piece while this thread copies the next into the page cache.
+    The bounded queue keeps at most a few dozen pieces (one image each, at most) in flight.
+    """
 
     def __init__(self, f) -> None:
         self.f = f
-        self.h = hashlib.sha256()
         self.n = 0
+        self._h = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._t = threading.Thread(target=self._hash, daemon=True)
+        self._t.start()
 
-    def write(self, b) -> None:
-        self.h.update(b)
+    def _hash(self) -> None:
+        while (b := self._q.get()) is not None:
+            self._h.update(b)
+
+    def write(self, b: bytes) -> None:
+        self._q.put(b)
         self.n += len(b)
         self.f.write(b)
+
+    def hexdigest(self) -> str:
+        """The sha256 of everything written; ends the hashing thread."""
+        self._q.put(None)
+        self._t.join()
+        return self._h.hexdigest()
+
+    def stop(self) -> None:
+        """End the hashing thread without a digest (the shard is being dropped)."""
+        self._q.put(None)
+        self._t.join()
 
 
 def _header(name: str, size: int) -> bytes:
@@ -185,12 +210,13 @@ class ShardWriter:
         fsync_dir(self._final.parent)
         self.finished.append(ShardInfo(
             path=self._final_rel, subset=self.subset, samples=self._count, bytes=self._hf.n,
-            sha256=self._hf.h.hexdigest(), first_key=self._first, last_key=self._last))
+            sha256=self._hf.hexdigest(), first_key=self._first, last_key=self._last))
         self._hf = None
 
     def abort(self) -> None:
         """Drop the open shard's temporary file (used when a build is interrupted)."""
         if self._hf is not None:
+            self._hf.stop()
             self._raw.close()
             self._tmp.unlink(missing_ok=True)
             self._hf = None
