@@ -127,9 +127,10 @@ def enrich(
         counts = summary.counts()
     descriptors = entrez.load_mesh_descriptors(mesh_descriptors) if mesh_descriptors else None
     table_path = root / "metadata" / "entrez.parquet"
-    entrez.write_entrez_parquet(entrez.entrez_table(pmids, cache, descriptors=descriptors),
-                                table_path)
-    records = entrez.load_cached(pmids, cache)
+    table = entrez.entrez_table(pmids, cache, descriptors=descriptors)
+    entrez.write_entrez_parquet(table, table_path)
+    # The table's ok rows are the parsed records: no second parse of the cache.
+    records = {r["pmid"]: r for r in table.to_pylist() if r["status"] == "ok"}
     if not counts:
         counts = {"ok": len(records), "missing": len(pmids) - len(records)}
     changes = {key: sample_fields(rec, has_abstract=key not in no_abstract,
