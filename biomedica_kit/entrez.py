@@ -264,6 +264,16 @@ def _empty_record(pmid: str, record_type: str) -> dict[str, Any]:
     }
 
 
+def _fill_shared(rec: dict[str, Any], el: etree._Element, pub_type_path: str) -> None:
+    """Fields a journal ``Article`` and a ``BookDocument`` spell the same way."""
+    rec["languages"] = _texts(el.iterfind("Language"))
+    rec["abstract"], rec["abstract_sections"] = _abstract(el.find("Abstract"))
+    pub_types = el.findall(pub_type_path)
+    rec["publication_types"] = [_text(p) or "" for p in pub_types]
+    rec["publication_type_uis"] = [p.get("UI") or "" for p in pub_types]
+    rec["grants"] = _grants(el.iterfind("GrantList/Grant"))
+
+
 def _parse_journal_article(el: etree._Element) -> dict[str, Any]:
     citation = el.find("MedlineCitation")
     pmid = _text(citation.find("PMID")) if citation is not None else None
@@ -284,12 +294,7 @@ def _parse_journal_article(el: etree._Element) -> dict[str, Any]:
             rec["pub_year"] = _year(journal.find("JournalIssue/PubDate"))
         if rec["pub_year"] is None:
             rec["pub_year"] = _year(article.find("ArticleDate"))
-        rec["languages"] = _texts(article.iterfind("Language"))
-        rec["abstract"], rec["abstract_sections"] = _abstract(article.find("Abstract"))
-        pub_types = article.findall("PublicationTypeList/PublicationType")
-        rec["publication_types"] = [_text(p) or "" for p in pub_types]
-        rec["publication_type_uis"] = [p.get("UI") or "" for p in pub_types]
-        rec["grants"] = _grants(article.iterfind("GrantList/Grant"))
+        _fill_shared(rec, article, "PublicationTypeList/PublicationType")
 
     mesh = []
     for heading in citation.iterfind("MeshHeadingList/MeshHeading"):
@@ -359,13 +364,8 @@ def _parse_book_article(el: etree._Element) -> dict[str, Any]:
     # A whole-book record has no ArticleTitle: its title is the book's.
     rec["title"] = _text(doc.find("ArticleTitle")) or rec["book_title"]
     rec["vernacular_title"] = _text(doc.find("VernacularTitle"))
-    rec["languages"] = _texts(doc.iterfind("Language"))
-    rec["abstract"], rec["abstract_sections"] = _abstract(doc.find("Abstract"))
-    pub_types = doc.findall("PublicationType")
-    rec["publication_types"] = [_text(p) or "" for p in pub_types]
-    rec["publication_type_uis"] = [p.get("UI") or "" for p in pub_types]
+    _fill_shared(rec, doc, "PublicationType")
     rec["keywords"] = _texts(doc.iterfind("KeywordList/Keyword"))
-    rec["grants"] = _grants(doc.iterfind("GrantList/Grant"))
     rec["reference_pmids"], rec["reference_count"] = _references(doc.findall("ReferenceList"))
     ids = _article_ids(
         [*doc.iterfind("ArticleIdList"), *el.iterfind("PubmedBookData/ArticleIdList")]
