@@ -55,7 +55,7 @@ def best_of(fn, repeat: int = 3) -> float:
 def bench_parse(rounds: int) -> dict:
     from lxml import etree
 
-    from biomedica_kit.jats import parse_jats
+    from biomedica_kit.etl.jats import parse_jats
 
     blobs = [p.read_bytes() for p in corpus_xml()]
     n_articles = sum(len(parse_jats(b)) for b in blobs) * rounds
@@ -81,8 +81,8 @@ def bench_build(mirror: Path, work: Path) -> tuple[dict, dict]:
     from lxml import etree
     from PIL import Image
 
-    from biomedica_kit.build import build
-    from biomedica_kit.sources import discover_local
+    from biomedica_kit.etl.build import build
+    from biomedica_kit.ingest.sources import discover_local
 
     refs = discover_local(mirror)
     cores = os.cpu_count() or 1
@@ -115,8 +115,8 @@ def bench_build(mirror: Path, work: Path) -> tuple[dict, dict]:
 
 def bench_shards(mirror: Path, work: Path) -> dict:
     """Write the same sample files with ShardWriter and with tar -cf."""
-    from biomedica_kit.shards import ShardWriter
-    from biomedica_kit.sources import discover_local
+    from biomedica_kit.dataset.shards import ShardWriter
+    from biomedica_kit.ingest.sources import discover_local
 
     files = work / "files"
     shutil.rmtree(files, ignore_errors=True)
@@ -186,7 +186,7 @@ def bench_memory(mirror: Path, work: Path, sizes: list[int]) -> dict:
     Read from the child's VmHWM, which starts afresh at exec (getrusage's ru_maxrss would
     carry over this benchmark process's own resident size from the fork).
     """
-    code = ("import sys\nfrom biomedica_kit.build import build\n"
+    code = ("import sys\nfrom biomedica_kit.etl.build import build\n"
             "build(sys.argv[1], sys.argv[2], workers=1, progress=False, limit=int(sys.argv[3]))\n"
             "print(next(l.split()[1] for l in open('/proc/self/status') "
             "if l.startswith('VmHWM')))\n")

@@ -59,8 +59,8 @@ def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 def replicated_dataset(work: Path, n_samples: int, shard_samples: int) -> Path:
     """A dataset of ``n_samples`` real samples (the two real sources, replicated under new keys)."""
-    from biomedica_kit.build import build
-    from biomedica_kit.shards import ShardWriter, iter_samples, read_manifest, write_manifest
+    from biomedica_kit.etl.build import build
+    from biomedica_kit.dataset.shards import ShardWriter, iter_samples, read_manifest, write_manifest
 
     real = []
     for i, src in enumerate(SOURCES):
@@ -95,8 +95,8 @@ def bench_export(ds: Path, repeat: int) -> list[tuple[str, float, str, str]]:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from biomedica_kit import metadata
-    from biomedica_kit.shards import iter_samples, read_manifest
+    from biomedica_kit.tables import export as metadata
+    from biomedica_kit.dataset.shards import iter_samples, read_manifest
 
     shards = [ds / s["path"] for s in read_manifest(ds)["shards"]]
     n = sum(s["samples"] for s in read_manifest(ds)["shards"])
@@ -261,8 +261,8 @@ def _duckdb_peak_mb(sql: str) -> float:
 
 
 def bench_streaming(ds: Path, work: Path, repeat: int) -> list[tuple[str, float, str, str]]:
-    from biomedica_kit import stream
-    from biomedica_kit.shards import iter_samples, read_manifest
+    from biomedica_kit.tables import stream
+    from biomedica_kit.dataset.shards import iter_samples, read_manifest
 
     shards = [str(ds / s["path"]) for s in read_manifest(ds)["shards"]]
     n = sum(s["samples"] for s in read_manifest(ds)["shards"])
@@ -328,7 +328,7 @@ def _bench_http(ds: Path, work: Path, shards: list[str], files: list[Path], n: i
 
     import requests
 
-    from biomedica_kit import stream
+    from biomedica_kit.tables import stream
 
     class Quiet(SimpleHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so loose files do not pay a connect each

@@ -174,7 +174,7 @@ def make_mirror(out: Path, articles: int, seed: int = 0) -> Path:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from biomedica_kit.sources import LAST_UPDATED, write_file_list
+    from biomedica_kit.ingest.sources import LAST_UPDATED, write_file_list
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []

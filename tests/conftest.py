@@ -22,7 +22,7 @@ def corpus() -> Path:
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
     """A dataset built once per session from the bundled sample (data/sample/packages)."""
-    from biomedica_kit.build import build
+    from biomedica_kit.etl.build import build
 
     out = tmp_path_factory.mktemp("sample") / "ds"
     build(SAMPLE, out, workers=1, progress=False)
@@ -59,8 +59,8 @@ def analysis_dataset(tmp_path_factory, corpus) -> Path:
     reports): 13 samples in two licence categories, from four articles."""
     import shutil
 
-    from biomedica_kit.build import build
-    from biomedica_kit.metadata import export
+    from biomedica_kit.etl.build import build
+    from biomedica_kit.tables.export import export
 
     src = tmp_path_factory.mktemp("analysis-src")
     for p in [*SAMPLE.iterdir(), *(corpus / name for name in ANALYSIS_EXTRA)]:
@@ -88,7 +88,7 @@ def corpus_dataset(corpus, tmp_path_factory) -> Path:
 
     Shared by several modules: a test may export its metadata (idempotent) or read it, but
     must not change its shards (build a dataset of its own for that)."""
-    from biomedica_kit.build import BuildConfig, build
+    from biomedica_kit.etl.build import BuildConfig, build
 
     out = tmp_path_factory.mktemp("corpus") / "ds"
     build(corpus, out, workers=1, progress=False, config=BuildConfig(shard_max_samples=2))

@@ -28,8 +28,8 @@ from urllib.parse import unquote, urlparse
 
 from lxml import etree
 
-from biomedica_kit.jats import parse_jats
-from biomedica_kit.sources import LAST_UPDATED, write_file_list
+from biomedica_kit.etl.jats import parse_jats
+from biomedica_kit.ingest.sources import LAST_UPDATED, write_file_list
 
 #: (package, how it is packaged, file-list License, Last Updated)
 PACKAGES = [

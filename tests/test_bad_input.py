@@ -16,8 +16,8 @@ import pytest
 from conftest import folder_members, make_tar
 from PIL import Image
 
-from biomedica_kit.build import build
-from biomedica_kit.shards import verify
+from biomedica_kit.etl.build import build
+from biomedica_kit.dataset.shards import verify
 
 PKG = "PMC12419688"
 XML = "koaf197.nxml"
@@ -156,7 +156,7 @@ def test_cmyk_jpeg_converted_to_rgb(corpus, tmp_path):
     make_tar(src / f"{PKG}.tar.gz", PKG, {XML: m[XML], JPG: cmyk(m[JPG])})
     s = build(src, tmp_path / "ds", workers=1, progress=False)
     assert s.samples == 1
-    from biomedica_kit.shards import iter_samples
+    from biomedica_kit.dataset.shards import iter_samples
 
     ((_, g),) = list(iter_samples(next((tmp_path / "ds/shards").rglob("*.tar"))))
     img = Image.open(io.BytesIO(g["jpg"]))
@@ -164,7 +164,7 @@ def test_cmyk_jpeg_converted_to_rgb(corpus, tmp_path):
 
 
 def test_interrupted_writer_leaves_no_partial_shard(corpus, tmp_path, monkeypatch):
-    import biomedica_kit.build as b
+    import biomedica_kit.etl.build as b
 
     calls = {"n": 0}
     original = b.DatasetWriter.add
@@ -187,7 +187,7 @@ def test_interrupted_writer_leaves_no_partial_shard(corpus, tmp_path, monkeypatc
 
 
 def test_unexpected_error_fails_only_that_package(corpus, tmp_path, monkeypatch):
-    import biomedica_kit.build as b
+    import biomedica_kit.etl.build as b
 
     real = b.parse_jats
 

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from conftest import SAMPLE
 from PIL import Image
 
-from biomedica_kit.build import BuildConfig, build
-from biomedica_kit.cli import main
-from biomedica_kit.shards import iter_samples, read_manifest, verify
-from biomedica_kit.sources import write_file_list
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.cli.main import main
+from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.ingest.sources import write_file_list
 
 
 @pytest.fixture(scope="module")

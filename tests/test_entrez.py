@@ -1,4 +1,4 @@
-"""Tests for biomedica_kit.entrez.
+"""Tests for biomedica_kit.enrich.entrez.
 
 Records are real NCBI efetch responses from ``../shared/corpus/pubmed_efetch/`` (see its
 SOURCES.md), served by a real HTTP server on 127.0.0.1 (``tests/eutils_server.py``). An autouse
@@ -19,8 +19,8 @@ import pytest
 from eutils_server import EutilsServer, load_corpus_records
 from lxml import etree
 
-from biomedica_kit import entrez
-from biomedica_kit.entrez import (
+from biomedica_kit.enrich import entrez
+from biomedica_kit.enrich.entrez import (
     MESH_CATEGORIES,
     RateLimiter,
     cache_status,
@@ -567,7 +567,7 @@ def test_truncated_body_is_retried(
     server: EutilsServer, tmp_path: Path, parsed: dict[str, dict], caplog: pytest.LogCaptureFixture
 ):
     server.inject("truncate")
-    with caplog.at_level(logging.INFO, logger="biomedica_kit.entrez"):
+    with caplog.at_level(logging.INFO, logger="biomedica_kit.enrich.entrez"):
         summary = fetch_pubmed(["32051057"], tmp_path, base_url=server.base_url, **FAST)
     assert [r.fault for r in server.requests] == ["truncate", None]
     assert summary.outcomes["32051057"].status == "ok"
@@ -999,7 +999,7 @@ def test_importing_the_module_does_not_import_pyarrow_or_requests():
     import sys
 
     code = (
-        "import sys, biomedica_kit.entrez; "
+        "import sys, biomedica_kit.enrich.entrez; "
         "print(sorted(m for m in ('pyarrow', 'requests') if m in sys.modules))"
     )
     out = subprocess.run(

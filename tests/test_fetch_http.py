@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from mirror_server import MISSING, PACKAGES, MirrorServer, package_path
 
-from biomedica_kit.build import BuildConfig, build
-from biomedica_kit.cli import main
-from biomedica_kit.fetch import Fetcher, FetchPolicy, RateLimiter
-from biomedica_kit.shards import iter_samples, read_manifest, verify
-from biomedica_kit.sources import LAST_UPDATED, Selection, read_file_list, write_file_list
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.cli.main import main
+from biomedica_kit.ingest.fetch import Fetcher, FetchPolicy, RateLimiter
+from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.ingest.sources import LAST_UPDATED, Selection, read_file_list, write_file_list
 
 CFG = BuildConfig(shard_max_samples=4)
 FAST = FetchPolicy(rate=50, retries=3, backoff=0.02, read_timeout=1.0, threads=3)
@@ -211,7 +211,7 @@ def test_failed_download_is_retried_by_the_next_run(mirror, tmp_path):
 
 
 def test_partial_download_never_looks_complete(mirror, tmp_path):
-    from biomedica_kit.sources import PackageRef
+    from biomedica_kit.ingest.sources import PackageRef
 
     target = package_path(PACKAGES[0][0])
     with MirrorServer(mirror) as srv:

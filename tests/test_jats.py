@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from biomedica_kit.cli import main
-from biomedica_kit.jats import parse_jats
-from biomedica_kit.licenses import classify_license, license_code
+from biomedica_kit.cli.main import main
+from biomedica_kit.etl.jats import parse_jats
+from biomedica_kit.dataset.licenses import classify_license, license_code
 
 
 def load(corpus: Path, folder: str):

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from biomedica_kit import explore, query
-from biomedica_kit.charts import NOTE_MIME
-from biomedica_kit.report import PLOTLY_MIME, WIDGET_MIME, execute_notebook, resolve_notebook
-from biomedica_kit.shards import iter_samples, read_manifest
-from biomedica_kit.subset import validate_predicate
+from biomedica_kit.analysis import explore
+from biomedica_kit.tables import query
+from biomedica_kit.analysis.charts import NOTE_MIME
+from biomedica_kit.analysis.report import PLOTLY_MIME, WIDGET_MIME, execute_notebook, resolve_notebook
+from biomedica_kit.dataset.shards import iter_samples, read_manifest
+from biomedica_kit.tables.subset import validate_predicate
 
 NOTEBOOKS = ("01_overview", "02_topics", "03_explore", "04_subset")
 

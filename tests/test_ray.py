@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mirror_server import build_mirror
 
-from biomedica_kit.build import BuildConfig, build
-from biomedica_kit.shards import read_manifest, verify
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.dataset.shards import read_manifest, verify
 
 ray = pytest.importorskip("ray", reason="Ray is the optional [ray] extra")
 
@@ -35,7 +35,7 @@ def test_ray_build_is_byte_identical_to_local(corpus, tmp_path):
 def test_cli_ray_local_starts_and_stops_its_own_runtime(corpus, tmp_path):
     from click.testing import CliRunner
 
-    from biomedica_kit.cli import main
+    from biomedica_kit.cli.main import main
 
     mirror = tmp_path / "mirror"
     build_mirror(corpus, mirror)

@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from biomedica_kit.cli import main
-from biomedica_kit.report import ReportError, chromium_path, report
-from biomedica_kit.shards import read_manifest
+from biomedica_kit.cli.main import main
+from biomedica_kit.analysis.report import ReportError, chromium_path, report
+from biomedica_kit.dataset.shards import read_manifest
 
 CHART_COLOR_COMMERCIAL = (0x2A, 0x9D, 0x8F)  # charts.LICENCE_COLORS["commercial"]
 

@@ -9,8 +9,8 @@ import zipfile
 import pytest
 from mirror_server import build_mirror, citation, package_path, tar_folder
 
-from biomedica_kit.fetch import archive_problem
-from biomedica_kit.sources import (
+from biomedica_kit.ingest.fetch import archive_problem
+from biomedica_kit.ingest.sources import (
     LAST_UPDATED,
     PackageRef,
     Selection,

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedica_kit import stream
-from biomedica_kit.shards import iter_samples, read_manifest
-from biomedica_kit.subset import select_rows
+from biomedica_kit.tables import stream
+from biomedica_kit.dataset.shards import iter_samples, read_manifest
+from biomedica_kit.tables.subset import select_rows
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,7 @@ def test_stale_offsets_fail_loudly(ds):
 def test_polars_rows_from_lazy_drive_the_range_reader(ds, http, truth):
     import polars as pl
 
-    from biomedica_kit.metadata import lazy
+    from biomedica_kit.tables.export import lazy
 
     server, url = http
     rows = lazy(ds).filter(pl.col("figure_kind") == "figure").sort("key").collect()

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE
 
-from biomedica_kit import metadata
-from biomedica_kit.build import BuildConfig, build
-from biomedica_kit.cli import main
-from biomedica_kit.shards import iter_samples, read_manifest, verify
-from biomedica_kit.subset import PredicateError, subset, validate_predicate
+from biomedica_kit.tables import export as metadata
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.cli.main import main
+from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.tables.subset import PredicateError, subset, validate_predicate
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from biomedica_kit.build import BuildConfig, build
-from biomedica_kit.shards import iter_samples, read_manifest, verify
-from biomedica_kit.versions import apply_changes, shard_keys, verify_change
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.dataset.changes import apply_changes, shard_keys, verify_change
 
 
 @pytest.fixture

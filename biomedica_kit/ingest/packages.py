@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from biomedica_kit.jats import IMAGE_EXT_PREFERENCE
+from biomedica_kit.etl.jats import IMAGE_EXT_PREFERENCE
 
 XML_EXTS = (".nxml", ".xml")
 WANTED_EXTS = XML_EXTS + IMAGE_EXT_PREFERENCE

@@ -363,7 +363,7 @@ def verify(root: Path, *, check_report: bool = True) -> VerifyResult:
     if check_report:
         _check_report(root, manifest, res)
     if manifest.get("change"):
-        from biomedica_kit.versions import verify_change
+        from biomedica_kit.dataset.changes import verify_change
 
         check = verify_change(root, manifest)
         res.errors.extend(f"change from parent: {e}" for e in check.errors)

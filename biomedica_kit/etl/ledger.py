@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from biomedica_kit.shards import MANIFEST, TMP_PREFIX, atomic_write_bytes, read_manifest
+from biomedica_kit.dataset.shards import MANIFEST, TMP_PREFIX, atomic_write_bytes, read_manifest
 
 LEDGER_DIR = "ledger"
 #: Columns of report/packages.parquet (one row per package record).
@@ -42,7 +42,7 @@ PACKAGE_COLUMNS = ("id", "name", "file", "last_updated", "size", "mtime_ns", "sh
                    "reason", "pmcid", "pmid", "citation", "license")
 #: Columns of report/samples.parquet: where every sample lies, and the global sha index.
 SAMPLE_COLUMNS = ("key", "image_sha256", "subset", "shard", "duplicate_of", "package_id")
-# subset-000012.tar, or subset-000012-v1a2b3c4d.tar as rewritten by biomedica_kit.versions
+# subset-000012.tar, or subset-000012-v1a2b3c4d.tar as rewritten by biomedica_kit.dataset.changes
 _SHARD_NAME = re.compile(r"^(?P<subset>[A-Za-z0-9_]+)-(?P<n>\d+)(?P<tag>-v[0-9a-f]+)?\.tar$")
 
 
@@ -131,7 +131,7 @@ class DatasetState:
 
     def _built_from(self) -> str | None:
         """The source of the last build, looking through later versions (e.g. a label change
-        made by :mod:`biomedica_kit.versions`) that do not repeat it."""
+        made by :mod:`biomedica_kit.dataset.changes`) that do not repeat it."""
         m = self.manifest
         while m is not None:
             if "build" in m:
@@ -144,7 +144,7 @@ class DatasetState:
     def _follow_renamed_shards(self) -> None:
         """Point samples at the current name of their shard.
 
-        A version made after the last build (:func:`biomedica_kit.versions.apply_changes`)
+        A version made after the last build (:func:`biomedica_kit.dataset.changes.apply_changes`)
         rewrites shards as ``<name>-v<tag>.tar`` with the same samples in the same order.
         """
         current = {_untagged(p): p for p in self.shards}

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 
 from lxml import etree
 
-from biomedica_kit.licenses import LicenseInfo, classify_license
+from biomedica_kit.dataset.licenses import LicenseInfo, classify_license
 
 XLINK = "{http://www.w3.org/1999/xlink}"
 MML = "{http://www.w3.org/1998/Math/MathML}"

@@ -12,9 +12,9 @@ import calendar
 import re
 from dataclasses import asdict
 
-from biomedica_kit.images import StoredImage
-from biomedica_kit.jats import Article, Figure, Graphic
-from biomedica_kit.sources import PackageRef
+from biomedica_kit.etl.images import StoredImage
+from biomedica_kit.etl.jats import Article, Figure, Graphic
+from biomedica_kit.ingest.sources import PackageRef
 
 SCHEMA_VERSION = 1
 

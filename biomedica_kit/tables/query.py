@@ -1,4 +1,4 @@
-"""Query helpers over :func:`biomedica_kit.metadata.connect`: the usual questions, safely.
+"""Query helpers over :func:`biomedica_kit.tables.export.connect`: the usual questions, safely.
 
 Public API (stable; notebooks and the report call it). ``con`` is a connection from
 :func:`connect`; every helper returns a ``polars.DataFrame`` — or ``None`` (with a
@@ -54,7 +54,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit.metadata import connect, lazy, quote_ident
+from biomedica_kit.tables.export import connect, lazy, quote_ident
 
 if TYPE_CHECKING:
     import duckdb
@@ -401,8 +401,8 @@ def write_query(con: duckdb.DuckDBPyConnection, sql: str, fmt: str = "table", *,
     import sys
     from pathlib import Path
 
-    from biomedica_kit.metadata import write_parquet_atomic
-    from biomedica_kit.shards import TMP_PREFIX
+    from biomedica_kit.tables.export import write_parquet_atomic
+    from biomedica_kit.dataset.shards import TMP_PREFIX
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -487,7 +487,7 @@ def mesh_category_counts(con: duckdb.DuckDBPyConnection, descriptors, *,
                          ) -> pl.DataFrame | None:
     """Rows per MeSH tree category, rolling descriptors up with NLM's descriptor file.
 
-    ``descriptors``: :func:`biomedica_kit.entrez.load_mesh_descriptors` of ``descYYYY.xml``.
+    ``descriptors``: :func:`biomedica_kit.enrich.entrez.load_mesh_descriptors` of ``descYYYY.xml``.
     ``level="category"`` gives the 16 top-level categories (Diseases, Organisms...),
     ``level="tree"`` the second level (C04, B01...). A row counts once per category however
     many of its descriptors fall in it. Descriptors the file does not know are counted under
@@ -495,7 +495,7 @@ def mesh_category_counts(con: duckdb.DuckDBPyConnection, descriptors, *,
     """
     import polars as pl
 
-    from biomedica_kit.entrez import mesh_top_categories
+    from biomedica_kit.enrich.entrez import mesh_top_categories
 
     if level not in ("category", "tree"):
         raise ValueError(f"level must be 'category' or 'tree', not {level!r}")

@@ -40,7 +40,7 @@ the ``RANK``/``WORLD_SIZE`` and ``WORKER``/``NUM_WORKERS`` environment variables
     for images, texts in loader: ...
 
 **Subsets without copying.** :func:`stream_subset` selects rows of ``figures.parquet`` (a
-predicate or keys, exactly as :func:`biomedica_kit.subset.subset`) and reads only those
+predicate or keys, exactly as :func:`biomedica_kit.tables.subset.subset`) and reads only those
 samples' bytes: ``seek``/``read`` on local shards, HTTP ``Range`` requests on a server. A
 sample's members are adjacent in its tar, so one range covers a sample; neighbouring samples
 closer than ``merge_gap`` bytes share one request. Samples come in shard order. A server that
@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from biomedica_kit.shards import IMAGE_EXTS, read_manifest
+from biomedica_kit.dataset.shards import IMAGE_EXTS, read_manifest
 
 if TYPE_CHECKING:
     import polars as pl
@@ -113,13 +113,13 @@ def _open_url(url: str, session: requests.Session | None, timeout: float):
 def _expand_shards(handler: Callable[[Exception], bool], session=None, timeout: float = 60.0):
     """Pipeline stage: shard URLs (str or {"url"}) -> WebDataset samples, closing each shard.
 
-    Members are read with :func:`biomedica_kit.tario.iter_tar_stream` (one ``read`` per member)
+    Members are read with :func:`biomedica_kit.dataset.tario.iter_tar_stream` (one ``read`` per member)
     instead of webdataset's ``tarfile`` stream expander, which copies every member through a
     Python loop; grouping into samples is webdataset's own ``group_by_keys``.
     """
     from webdataset.tariterators import group_by_keys
 
-    from biomedica_kit.tario import iter_tar_stream
+    from biomedica_kit.dataset.tario import iter_tar_stream
 
     def files(src):
         for item in src:
@@ -382,7 +382,7 @@ def stream_subset(dataset: str | os.PathLike, where: str | None = None, *,
     The selection runs on the local dataset's metadata; bytes come from its shards, or from
     ``base_url`` (where the same dataset is served over HTTP) with Range requests.
     """
-    from biomedica_kit.subset import select_rows
+    from biomedica_kit.tables.subset import select_rows
 
     rows = select_rows(dataset, where, keys=keys, params=params)
     if base_url is not None:

@@ -48,7 +48,7 @@ fields of its samples, ``n_figures`` (samples written), the shard paths holding 
 ``figures``, ``articles`` and, when their files exist, ``report_articles``, ``skips``,
 ``entrez`` (``metadata/entrez.parquet``), ``labels`` (newest ``labels/*.parquet``),
 ``figures_labeled`` (figures LEFT JOIN labels on ``key``) and ``embeddings``
-(``embeddings/<model>/*.parquet`` with a ``model`` column). :mod:`biomedica_kit.query` has
+(``embeddings/<model>/*.parquet`` with a ``model`` column). :mod:`biomedica_kit.tables.query` has
 helpers for the usual questions.
 """
 
@@ -63,8 +63,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit.shards import TMP_PREFIX, fsync_dir, read_manifest
-from biomedica_kit.tario import iter_tar_files
+from biomedica_kit.dataset.shards import TMP_PREFIX, fsync_dir, read_manifest
+from biomedica_kit.dataset.tario import iter_tar_files
 
 if TYPE_CHECKING:
     import duckdb
@@ -76,7 +76,7 @@ META_DIR = "metadata"
 PARTS_DIR = "parts"
 _META_FORMAT = b"biomedica_kit.export_format"
 _META_VERSION = b"biomedica_kit.dataset_version"
-_META_REPORT = b"biomedica_kit.report"
+_META_REPORT = b"biomedica_kit.analysis.report"
 _META_JSON_COLUMNS = b"biomedica_kit.json_columns"
 
 #: Columns every figures row has, in this order, before the json fields (sorted by name).
@@ -358,8 +358,8 @@ def article_columns(figure_columns: Iterable[str]) -> list[str]:
     schema.article_fields, the Entrez fields (enrich.ENTREZ_FIELDS: PubMed describes articles)
     and every ``article_*`` / ``entrez_*`` column.
     """
-    from biomedica_kit.enrich import ENTREZ_FIELDS
-    from biomedica_kit.jats import Article
+    from biomedica_kit.enrich.apply import ENTREZ_FIELDS
+    from biomedica_kit.etl.jats import Article
 
     known = {f.name for f in fields(Article)} - {"id", "figures"}
     known |= set(_ARTICLE_EXTRA) | set(ENTREZ_FIELDS)

@@ -28,7 +28,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
-from biomedica_kit import query
+from biomedica_kit.tables import query
 
 #: The notebooks a report runs by default: the static analyses. 03_explore and 04_subset are
 #: interactive tools; they can be added with ``notebooks=[...]`` (their HTML shows a static
@@ -97,7 +97,7 @@ def notebooks_dir() -> Path:
     The notebooks are not package data: reports need a source checkout (or an editable
     install), which is how the project is installed by ``make``.
     """
-    return Path(__file__).resolve().parents[1] / "notebooks"
+    return Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def resolve_notebook(name: str | os.PathLike) -> Path:
@@ -165,8 +165,8 @@ def report(
 
 def ensure_metadata(dataset: Path) -> str | None:
     """Export the metadata tables when missing or stale; return the dataset's current version."""
-    from biomedica_kit import metadata
-    from biomedica_kit.shards import read_manifest
+    from biomedica_kit.tables import export as metadata
+    from biomedica_kit.dataset.shards import read_manifest
 
     version = read_manifest(dataset).get("dataset_version")
     if not metadata.is_current(dataset):
@@ -255,8 +255,8 @@ def _run_one(src: Path, out: Path, params: dict[str, Any], *, timeout: int,
 
 
 def extract_notes(nb: Any) -> list[str]:
-    """The plain-text notes (:class:`biomedica_kit.charts.Missing`) a notebook displayed."""
-    from biomedica_kit.charts import NOTE_MIME
+    """The plain-text notes (:class:`biomedica_kit.analysis.charts.Missing`) a notebook displayed."""
+    from biomedica_kit.analysis.charts import NOTE_MIME
 
     notes = []
     for cell in nb.cells:

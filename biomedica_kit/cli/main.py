@@ -28,7 +28,7 @@ def parse(files: tuple[str, ...], indent: int | None) -> None:
     Images are looked up beside each file. A file that cannot be parsed prints an object with
     ``error`` and ``reason`` and the command exits 1 after the rest.
     """
-    from biomedica_kit.jats import JatsError, parse_jats
+    from biomedica_kit.etl.jats import JatsError, parse_jats
 
     failed = 0
     out = sys.stdout
@@ -97,10 +97,10 @@ def build(source, out, file_list, workers, limit, licenses, since, until, pub_ye
     Re-running on an existing OUT adds only what is new (a new version). Exits 0 when the run
     completed, even if some articles or downloads failed (see OUT/report/).
     """
-    from biomedica_kit.build import BuildConfig
-    from biomedica_kit.build import build as run_build
-    from biomedica_kit.images import ImagePolicy
-    from biomedica_kit.sources import Selection, is_remote, parse_pmcids, parse_years
+    from biomedica_kit.etl.build import BuildConfig
+    from biomedica_kit.etl.build import build as run_build
+    from biomedica_kit.etl.images import ImagePolicy
+    from biomedica_kit.ingest.sources import Selection, is_remote, parse_pmcids, parse_years
 
     try:
         sel = Selection(
@@ -112,7 +112,7 @@ def build(source, out, file_list, workers, limit, licenses, since, until, pub_ye
         raise click.BadParameter(str(exc)) from None
     policy = None
     if is_remote(source):
-        from biomedica_kit.fetch import FetchPolicy
+        from biomedica_kit.ingest.fetch import FetchPolicy
 
         policy = FetchPolicy(rate=rate, threads=fetch_threads, retries=retries,
                              read_timeout=timeout)
@@ -151,7 +151,7 @@ def build(source, out, file_list, workers, limit, licenses, since, until, pub_ye
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 def verify(dataset: str) -> None:
     """Re-check DATASET: manifest, checksums, counts, members of every sample. Exit 0 if all ok."""
-    from biomedica_kit.shards import verify as run_verify
+    from biomedica_kit.dataset.shards import verify as run_verify
 
     res = run_verify(Path(dataset))
     for w in res.warnings:
@@ -179,7 +179,7 @@ def verify(dataset: str) -> None:
 def enrich(dataset, eutils_url, cache_dir, email, api_key, rate, offline,
            mesh_descriptors) -> None:
     """Add PubMed (Entrez) fields to DATASET: metadata/entrez.parquet and a new version."""
-    from biomedica_kit.enrich import enrich as run_enrich
+    from biomedica_kit.enrich.apply import enrich as run_enrich
 
     s = run_enrich(dataset, eutils_url=eutils_url, cache_dir=cache_dir, email=email,
                    api_key=api_key, rate=rate, fetch=not offline, progress=True,
@@ -200,7 +200,7 @@ def export(dataset: str, force: bool, workers: int | None) -> None:
     Reads only the caption and json members of each shard; only shards whose checksum changed
     since the last export are re-read.
     """
-    from biomedica_kit.metadata import export as run_export
+    from biomedica_kit.tables.export import export as run_export
 
     try:
         s = run_export(dataset, force=force, workers=workers)
@@ -224,8 +224,8 @@ def query(dataset: str, sql: str, fmt: str, out: str | None) -> None:
     """Run SQL on DATASET's views (figures, articles, entrez, labels...) and print the result."""
     import duckdb
 
-    from biomedica_kit.metadata import connect
-    from biomedica_kit.query import write_query
+    from biomedica_kit.tables.export import connect
+    from biomedica_kit.tables.query import write_query
 
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet needs --out FILE")
@@ -247,7 +247,7 @@ def query(dataset: str, sql: str, fmt: str, out: str | None) -> None:
 @click.option("--shard-bytes", type=int, default=None, help="Default: the parent's.")
 def subset(dataset, where, keys_file, out, shard_samples, shard_bytes) -> None:
     """Write the samples of DATASET matching --where (or --keys) as a new dataset OUT."""
-    from biomedica_kit.subset import subset as run_subset
+    from biomedica_kit.tables.subset import subset as run_subset
 
     if (where is None) == (keys_file is None):
         raise click.UsageError("give exactly one of --where or --keys")
@@ -282,8 +282,8 @@ def report(dataset, out, notebooks, params, no_images, timeout) -> None:
     Exports the metadata first when it is missing or stale. Exits 1 if a notebook failed (its
     page still shows the traceback).
     """
-    from biomedica_kit.report import ReportError
-    from biomedica_kit.report import report as run_report
+    from biomedica_kit.analysis.report import ReportError
+    from biomedica_kit.analysis.report import report as run_report
 
     parameters = {}
     for p in params:

@@ -1,8 +1,8 @@
 """Entrez enrichment of a dataset: PubMed records -> metadata/entrez.parquet and sample json.
 
-The E-utilities client, cache and parser live in :mod:`biomedica_kit.entrez`; this module decides
+The E-utilities client, cache and parser live in :mod:`biomedica_kit.enrich.entrez`; this module decides
 which PMIDs a dataset needs, which json fields a record fills, and applies them either at build
-time (records already cached) or as a new dataset version (:mod:`biomedica_kit.versions`), so
+time (records already cached) or as a new dataset version (:mod:`biomedica_kit.dataset.changes`), so
 only shards whose samples gained fields are rewritten.
 """
 
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from biomedica_kit.shards import iter_members, read_manifest
+from biomedica_kit.dataset.shards import iter_members, read_manifest
 
 #: Every sample json field enrichment may set (declared to the version, checked by verify).
 ENTREZ_FIELDS = (
@@ -58,7 +58,7 @@ def sample_fields(record: dict, *, has_abstract: bool = True, descriptors=None) 
     if not has_abstract and record.get("abstract"):
         fields["article_abstract"] = record["abstract"]
     if descriptors is not None:
-        from biomedica_kit.entrez import mesh_rollup
+        from biomedica_kit.enrich.entrez import mesh_rollup
 
         uis = [m["ui"] for m in record.get("mesh") or [] if m.get("ui")]
         fields["mesh_categories"] = list(mesh_rollup(uis, descriptors).names)
@@ -111,8 +111,8 @@ def enrich(
     ``mesh_descriptors``: NLM's ``descYYYY.xml`` (or .gz); rolls descriptors up to their
     top-level tree categories in the Entrez table and the samples.
     """
-    from biomedica_kit import entrez
-    from biomedica_kit.versions import apply_changes
+    from biomedica_kit.enrich import entrez
+    from biomedica_kit.dataset.changes import apply_changes
 
     root = Path(dataset)
     cache = Path(cache_dir) if cache_dir else root / "cache" / "entrez"

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from biomedica_kit.licenses import CATEGORIES, category_of, license_code
-from biomedica_kit.packages import ARCHIVE_SUFFIXES, XML_EXTS, package_stem
+from biomedica_kit.dataset.licenses import CATEGORIES, category_of, license_code
+from biomedica_kit.ingest.packages import ARCHIVE_SUFFIXES, XML_EXTS, package_stem
 
 FILE_LIST = "oa_file_list.csv"
 LAST_UPDATED = "Last Updated (YYYY-MM-DD HH:MM:SS)"

@@ -1,7 +1,7 @@
 """Plotly charts (and the tables behind them) for the analysis notebooks and reports.
 
-Every builder takes a connection from :func:`biomedica_kit.query.connect` and draws what a
-:mod:`biomedica_kit.query` helper counts, so a chart and the numbers it shows never disagree
+Every builder takes a connection from :func:`biomedica_kit.tables.query.connect` and draws what a
+:mod:`biomedica_kit.tables.query` helper counts, so a chart and the numbers it shows never disagree
 with the query layer. Counts are of samples (one figure image each) in the ``figures`` view,
 or of articles in the ``articles`` view (articles that have at least one sample).
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from biomedica_kit import query
+from biomedica_kit.tables import query
 
 if TYPE_CHECKING:
     import duckdb
@@ -130,7 +130,7 @@ def dataset_summary(con: duckdb.DuckDBPyConnection, dataset: str | os.PathLike) 
     """The dataset's size, one measure per row (samples, figures, articles, shards, bytes...)."""
     import polars as pl
 
-    from biomedica_kit.shards import read_manifest
+    from biomedica_kit.dataset.shards import read_manifest
 
     m = read_manifest(Path(dataset))
     counts = m.get("counts", {})
@@ -449,7 +449,7 @@ def mesh_categories(con: duckdb.DuckDBPyConnection, descriptors: str | os.PathLi
         return Missing("MeSH categories", "No MeSH descriptor file given: set the "
                        "`mesh_descriptors` parameter to NLM's descYYYY.xml (or .xml.gz) to roll "
                        "MeSH terms up to their tree categories.")
-    from biomedica_kit.entrez import load_mesh_descriptors
+    from biomedica_kit.enrich.entrez import load_mesh_descriptors
 
     t, _ = _quietly(query.mesh_category_counts, con, load_mesh_descriptors(descriptors),
                     per="figures", level=level)

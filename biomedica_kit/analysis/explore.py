@@ -2,7 +2,7 @@
 
 - :class:`Filters` turns the usual choices (licence, taxonomy label, years, journal, caption
   text) into one SQL predicate over the ``figures`` view: the same predicate the gallery
-  searches with and :func:`biomedica_kit.subset.subset` exports, so what you see is what you
+  searches with and :func:`biomedica_kit.tables.subset.subset` exports, so what you see is what you
   get.
 - :func:`search` / :func:`gallery_html` find matching samples and render them as cards: the
   image (read from its shard by byte offset, as ``figures.parquet`` records it, and
@@ -23,15 +23,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit import query
-from biomedica_kit.charts import LABEL_COLUMNS, LICENCE_CATEGORIES, LICENCE_COLORS
-from biomedica_kit.metadata import sql_literal
+from biomedica_kit.tables import query
+from biomedica_kit.analysis.charts import LABEL_COLUMNS, LICENCE_CATEGORIES, LICENCE_COLORS
+from biomedica_kit.tables.export import sql_literal
 
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
 
-    from biomedica_kit.subset import SubsetSummary
+    from biomedica_kit.tables.subset import SubsetSummary
 
 #: Columns a gallery card shows (those the dataset has are read).
 CARD_COLUMNS = ("key", "shard", "image_ext", "image_offset", "image_length", "caption",
@@ -423,7 +423,7 @@ class SubsetBuilder:
     """Choose samples with the explorer's filters and export them as a new dataset.
 
     The preview shows the predicate, the number of matching samples per licence category and
-    the first few matches; ``Export`` calls :func:`biomedica_kit.subset.subset` with that
+    the first few matches; ``Export`` calls :func:`biomedica_kit.tables.subset.subset` with that
     predicate and ``out``. :meth:`export` does the same from code (headless runs).
     """
 
@@ -482,7 +482,7 @@ class SubsetBuilder:
                out: str | os.PathLike | None = None) -> SubsetSummary:
         """Write the subset: ``where`` (default: the current filters' predicate) into ``out``
         (default: the builder's ``out``). Returns the subset's summary."""
-        from biomedica_kit.subset import subset
+        from biomedica_kit.tables.subset import subset
 
         target = out or self.out or self._out.value
         if not target:
@@ -495,7 +495,7 @@ class SubsetBuilder:
         self._preview.value = self.preview_html()
 
     def _on_export(self) -> None:
-        from biomedica_kit.subset import PredicateError
+        from biomedica_kit.tables.subset import PredicateError
 
         self._button.disabled = True
         self._message.value = "exporting…"
@@ -524,7 +524,7 @@ def summary_text(s: SubsetSummary) -> str:
 
 def verify_text(dataset: str | os.PathLike) -> str:
     """``biomedica verify``'s verdict on a dataset, as one line (errors listed)."""
-    from biomedica_kit.shards import verify
+    from biomedica_kit.dataset.shards import verify
 
     res = verify(Path(dataset))
     head = (f"{'OK' if res.ok else 'FAILED'}: {res.shards} shards, {res.samples} samples, "

@@ -1,6 +1,6 @@
 """Distributors: run the per-package worker over many packages, yielding results in input order.
 
-img2dataset's cut: the worker (:func:`biomedica_kit.build.process_package`) is a pure function
+img2dataset's cut: the worker (:func:`biomedica_kit.etl.build.process_package`) is a pure function
 of one package, and a distributor only decides *where* it runs. Both distributors keep a bounded
 window of packages in flight (memory stays flat however long the list) and hand results back in
 input order, so the single writer produces the same shards whichever worker finished first.
@@ -20,7 +20,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from biomedica_kit.sources import PackageRef
+    from biomedica_kit.ingest.sources import PackageRef
 
 C = TypeVar("C")
 R = TypeVar("R")

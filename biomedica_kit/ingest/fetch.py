@@ -38,9 +38,9 @@ from pathlib import Path, PurePosixPath
 import requests
 import urllib3
 
-from biomedica_kit.distribute import ordered_window
-from biomedica_kit.shards import atomic_write_bytes
-from biomedica_kit.sources import FILE_LIST, PackageRef
+from biomedica_kit.base.pool import ordered_window
+from biomedica_kit.dataset.shards import atomic_write_bytes
+from biomedica_kit.ingest.sources import FILE_LIST, PackageRef
 
 LEDGER = ".fetch-ledger.jsonl"
 PART = ".part"

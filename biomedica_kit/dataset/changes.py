@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from biomedica_kit.shards import (
+from biomedica_kit.dataset.shards import (
     ShardWriter,
     iter_members,
     iter_samples,

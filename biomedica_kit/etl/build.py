@@ -1,15 +1,15 @@
 """Build a dataset: packages -> (parse + images, in workers) -> shards, manifest and report.
 
-img2dataset's cut: a *reader* lists packages (:mod:`biomedica_kit.sources`), a *worker* turns
+img2dataset's cut: a *reader* lists packages (:mod:`biomedica_kit.ingest.sources`), a *worker* turns
 one package into samples (:func:`process_package`, a pure function of the package), a
 *distributor* runs workers (local processes by default), and a single *writer* in the main
 process appends samples to shards in package order, so the output does not depend on which
 worker finished first.
 
-Builds are incremental and resumable (:mod:`biomedica_kit.resume`): a package already recorded in
+Builds are incremental and resumable (:mod:`biomedica_kit.etl.ledger`): a package already recorded in
 the dataset is not processed again, new shards are numbered after the existing ones, and the
 writer checkpoints its progress durably every ``checkpoint_every`` packages. Packages of a remote
-source are downloaded (rate-limited, verified, cached) by :mod:`biomedica_kit.fetch` on the way in.
+source are downloaded (rate-limited, verified, cached) by :mod:`biomedica_kit.ingest.fetch` on the way in.
 
 Every figure image found is accounted for: it becomes a sample or a row of
 ``report/skips.parquet`` with a reason, so ``n_images == samples + skips`` holds exactly.
@@ -28,27 +28,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from biomedica_kit import distribute
-from biomedica_kit.enrich import sample_fields
-from biomedica_kit.images import ImagePolicy, ImageRejected, process_image
-from biomedica_kit.jats import JatsError, parse_jats
-from biomedica_kit.licenses import CATEGORIES, LicenseInfo, with_file_list
-from biomedica_kit.packages import (
+from biomedica_kit.base import pool as distribute
+from biomedica_kit.enrich.apply import sample_fields
+from biomedica_kit.etl.images import ImagePolicy, ImageRejected, process_image
+from biomedica_kit.etl.jats import JatsError, parse_jats
+from biomedica_kit.dataset.licenses import CATEGORIES, LicenseInfo, with_file_list
+from biomedica_kit.ingest.packages import (
     PackageError,
     PackageLimits,
     article_xml_members,
     read_package,
 )
-from biomedica_kit.resume import DatasetState, PackageRecord, dataset_lock, records_table_rows
-from biomedica_kit.schema import article_fields, sample_key, sample_record
-from biomedica_kit.shards import (
+from biomedica_kit.etl.ledger import DatasetState, PackageRecord, dataset_lock, records_table_rows
+from biomedica_kit.etl.schema import article_fields, sample_key, sample_record
+from biomedica_kit.dataset.shards import (
     ShardWriter,
     atomic_write_bytes,
     iter_samples,
     version_id,
     write_manifest,
 )
-from biomedica_kit.sources import (
+from biomedica_kit.ingest.sources import (
     PackageRef,
     Selection,
     discover_local,
@@ -61,7 +61,7 @@ from biomedica_kit.sources import (
 )
 
 if TYPE_CHECKING:  # requests is imported only when a remote source is built
-    from biomedica_kit.fetch import FetchPolicy
+    from biomedica_kit.ingest.fetch import FetchPolicy
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
 def _cached_pubmed(pmid: str | None, cache: str | None) -> dict | None:
     if not (pmid and cache):
         return None
-    from biomedica_kit.entrez import load_cached
+    from biomedica_kit.enrich.entrez import load_cached
 
     return load_cached([pmid], cache).get(str(pmid))
 
@@ -262,7 +262,7 @@ def run_local(refs: Iterable[PackageRef], cfg: BuildConfig, workers: int | None
 def run_ray(refs: Iterable[PackageRef], cfg: BuildConfig, address: str = "local", *,
             num_cpus: int | None = None) -> Iterator[PackageResult]:
     """Process packages as Ray tasks (``address``: ``local``, ``auto`` or a cluster address),
-    yielding results in input order; see :func:`biomedica_kit.distribute.run_ray`."""
+    yielding results in input order; see :func:`biomedica_kit.base.pool.run_ray`."""
     return distribute.run_ray(refs, cfg, address, worker=process_package, num_cpus=num_cpus)
 
 
@@ -507,7 +507,7 @@ def build(
     ``source`` is a local folder (NCBI layout with ``oa_file_list.csv``, or a flat folder of
     packages) or an ``http(s)://`` mirror in NCBI's layout, whose packages are downloaded into
     ``cache`` (default ``out/cache/packages``) under ``fetch_policy``
-    (:class:`biomedica_kit.fetch.FetchPolicy`). ``selection`` (and ``limit``) pick packages.
+    (:class:`biomedica_kit.ingest.fetch.FetchPolicy`). ``selection`` (and ``limit``) pick packages.
 
     When ``out`` already holds a dataset, packages it already recorded are skipped and the rest
     are added as a new version whose parent is the current one. ``resume=None`` (default) does
@@ -535,7 +535,7 @@ def build(
         state.collect_garbage()
         fetcher = None
         if remote:
-            from biomedica_kit.fetch import Fetcher
+            from biomedica_kit.ingest.fetch import Fetcher
 
             fetcher = Fetcher(str(source), cache or out / "cache" / "packages", fetch_policy)
             fl = (file_list if file_list and not is_remote(file_list)
@@ -681,7 +681,7 @@ def _write_reports(out: Path, arts: list[dict], skips: list[dict], samples: list
     """report/: articles and skips (what users read), samples and packages (the build state)."""
     import pyarrow as pa
 
-    from biomedica_kit.resume import PACKAGE_COLUMNS, SAMPLE_COLUMNS
+    from biomedica_kit.etl.ledger import PACKAGE_COLUMNS, SAMPLE_COLUMNS
 
     def strings(cols):
         return pa.schema([(c, pa.string()) for c in cols])

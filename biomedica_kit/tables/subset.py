@@ -23,7 +23,7 @@ whose configuration is locked.
 
 Resharding copies every member of a matching sample byte for byte, by the offsets in
 ``figures.parquet``, from the parent shards (only shards holding matches are opened) through
-:class:`biomedica_kit.shards.ShardWriter`: shards are atomic, deterministic and split by the
+:class:`biomedica_kit.dataset.shards.ShardWriter`: shards are atomic, deterministic and split by the
 same licence subsets. The manifest (``shards.write_manifest``) records the selection under
 ``derived_from`` (parent path, parent ``dataset_version``, predicate or keys file).
 
@@ -46,15 +46,15 @@ from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit.licenses import CATEGORIES
-from biomedica_kit.metadata import (
+from biomedica_kit.dataset.licenses import CATEGORIES
+from biomedica_kit.tables.export import (
     META_DIR,
     connect,
     quote_ident,
     sql_literal,
     write_parquet_atomic,
 )
-from biomedica_kit.shards import ShardWriter, read_manifest, write_manifest
+from biomedica_kit.dataset.shards import ShardWriter, read_manifest, write_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
