@@ -59,8 +59,9 @@ def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 def replicated_dataset(work: Path, n_samples: int, shard_samples: int) -> Path:
     """A dataset of ``n_samples`` real samples (the two real sources, replicated under new keys)."""
+    from biomedica_kit.dataset.manifest import read_manifest, write_manifest
+    from biomedica_kit.dataset.shards import ShardWriter, iter_samples
     from biomedica_kit.etl.build import build
-    from biomedica_kit.dataset.shards import ShardWriter, iter_samples, read_manifest, write_manifest
 
     real = []
     for i, src in enumerate(SOURCES):
@@ -95,8 +96,9 @@ def bench_export(ds: Path, repeat: int) -> list[tuple[str, float, str, str]]:
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from biomedica_kit.dataset.manifest import read_manifest
+    from biomedica_kit.dataset.shards import iter_samples
     from biomedica_kit.tables import export as metadata
-    from biomedica_kit.dataset.shards import iter_samples, read_manifest
 
     shards = [ds / s["path"] for s in read_manifest(ds)["shards"]]
     n = sum(s["samples"] for s in read_manifest(ds)["shards"])
@@ -261,8 +263,9 @@ def _duckdb_peak_mb(sql: str) -> float:
 
 
 def bench_streaming(ds: Path, work: Path, repeat: int) -> list[tuple[str, float, str, str]]:
+    from biomedica_kit.dataset.manifest import read_manifest
+    from biomedica_kit.dataset.shards import iter_samples
     from biomedica_kit.tables import stream
-    from biomedica_kit.dataset.shards import iter_samples, read_manifest
 
     shards = [str(ds / s["path"]) for s in read_manifest(ds)["shards"]]
     n = sum(s["samples"] for s in read_manifest(ds)["shards"])

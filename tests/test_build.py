@@ -16,9 +16,11 @@ from click.testing import CliRunner
 from conftest import SAMPLE
 from PIL import Image
 
-from biomedica_kit.etl.build import BuildConfig, build
 from biomedica_kit.cli.main import main
-from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.dataset.verify import verify
+from biomedica_kit.etl.build import BuildConfig, build
 from biomedica_kit.ingest.sources import write_file_list
 
 

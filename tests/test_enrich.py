@@ -16,10 +16,13 @@ import pytest
 from click.testing import CliRunner
 from eutils_server import EutilsServer, load_corpus_records
 
-from biomedica_kit.etl.build import BuildConfig, build
 from biomedica_kit.cli.main import main
-from biomedica_kit.enrich.apply import ENTREZ_FIELDS, enrich
-from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.dataset.verify import verify
+from biomedica_kit.enrich.apply import enrich
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.etl.pubmed import ENTREZ_FIELDS
 from biomedica_kit.ingest.sources import write_file_list
 
 WIRED_PMID = "23657305"  # a real record with MeSH, a structured abstract and chemicals
@@ -134,8 +137,8 @@ DESCRIPTORS = """<?xml version="1.0"?>
 
 
 def test_mesh_distributions_and_rollup(corpus, records, tmp_path):
+    from biomedica_kit.etl.mesh import load_mesh_descriptors
     from biomedica_kit.tables import query
-    from biomedica_kit.enrich.entrez import load_mesh_descriptors
 
     desc = tmp_path / "desc2025.xml"
     desc.write_text(DESCRIPTORS)

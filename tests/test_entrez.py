@@ -19,22 +19,19 @@ import pytest
 from eutils_server import EutilsServer, load_corpus_records
 from lxml import etree
 
-from biomedica_kit.enrich import entrez
-from biomedica_kit.enrich.entrez import (
+from biomedica_kit.base.http import RateLimiter
+from biomedica_kit.base import atomic
+from biomedica_kit.enrich import efetch as entrez
+from biomedica_kit.enrich.efetch import fetch_pubmed
+from biomedica_kit.enrich.table import entrez_table, write_entrez_parquet
+from biomedica_kit.etl.mesh import (
     MESH_CATEGORIES,
-    RateLimiter,
-    cache_status,
-    entrez_table,
-    fetch_pubmed,
-    iter_cached_pmids,
-    load_cached,
     load_mesh_descriptors,
     mesh_rollup,
     mesh_top_categories,
-    parse_pubmed_article,
-    parse_pubmed_articles,
-    write_entrez_parquet,
 )
+from biomedica_kit.etl.pubmed import load_cached, parse_pubmed_article, parse_pubmed_articles
+from biomedica_kit.ingest.entrez_cache import cache_status, iter_cached_pmids
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "pubmed_efetch"
 
@@ -567,7 +564,7 @@ def test_truncated_body_is_retried(
     server: EutilsServer, tmp_path: Path, parsed: dict[str, dict], caplog: pytest.LogCaptureFixture
 ):
     server.inject("truncate")
-    with caplog.at_level(logging.INFO, logger="biomedica_kit.enrich.entrez"):
+    with caplog.at_level(logging.INFO, logger="biomedica_kit.enrich.efetch"):
         summary = fetch_pubmed(["32051057"], tmp_path, base_url=server.base_url, **FAST)
     assert [r.fault for r in server.requests] == ["truncate", None]
     assert summary.outcomes["32051057"].status == "ok"
@@ -675,7 +672,7 @@ def test_an_interrupted_write_leaves_no_partial_file(
     def failing_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(entrez.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         fetch_pubmed(["23657305"], tmp_path, base_url=server.base_url, **FAST)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
@@ -999,7 +996,7 @@ def test_importing_the_module_does_not_import_pyarrow_or_requests():
     import sys
 
     code = (
-        "import sys, biomedica_kit.enrich.entrez; "
+        "import sys, biomedica_kit.enrich.efetch, biomedica_kit.etl.pubmed; "
         "print(sorted(m for m in ('pyarrow', 'requests') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -15,10 +15,13 @@ import pytest
 from click.testing import CliRunner
 from mirror_server import MISSING, PACKAGES, MirrorServer, package_path
 
-from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.base.http import RateLimiter
 from biomedica_kit.cli.main import main
-from biomedica_kit.ingest.fetch import Fetcher, FetchPolicy, RateLimiter
-from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.dataset.verify import verify
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.ingest.fetch import Fetcher, FetchPolicy
 from biomedica_kit.ingest.sources import LAST_UPDATED, Selection, read_file_list, write_file_list
 
 CFG = BuildConfig(shard_max_samples=4)

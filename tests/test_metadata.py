@@ -18,12 +18,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT, SAMPLE
 
+from biomedica_kit.cli.main import main
+from biomedica_kit.dataset.changes import apply_changes
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.etl.build import BuildConfig, build
 from biomedica_kit.tables import export as metadata
 from biomedica_kit.tables import query
-from biomedica_kit.etl.build import BuildConfig, build
-from biomedica_kit.cli.main import main
-from biomedica_kit.dataset.shards import iter_samples, read_manifest
-from biomedica_kit.dataset.changes import apply_changes
 
 
 @pytest.fixture(scope="module")
@@ -466,7 +467,7 @@ def test_query_cli_formats(corpus_ds, tmp_path):
 
 def test_data_dictionary_lists_every_column(corpus_ds):
     """docs/data_dictionary.md documents every exported column (and the enrichment fields)."""
-    from biomedica_kit.enrich.apply import ENTREZ_FIELDS
+    from biomedica_kit.etl.pubmed import ENTREZ_FIELDS
 
     doc = (ROOT / "docs" / "data_dictionary.md").read_text()
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", doc, flags=re.M))

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from mirror_server import build_mirror
 
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import BuildConfig, build
-from biomedica_kit.dataset.shards import read_manifest, verify
 
 ray = pytest.importorskip("ray", reason="Ray is the optional [ray] extra")
 

@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_server import PACKAGES, MirrorServer, package_path
 
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import BuildConfig, build, run_local
-from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
 
 CFG = BuildConfig(shard_max_samples=3)
 

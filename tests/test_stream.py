@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
 from biomedica_kit.tables import stream
-from biomedica_kit.dataset.shards import iter_samples, read_manifest
 from biomedica_kit.tables.subset import select_rows
 
 

@@ -11,10 +11,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE
 
-from biomedica_kit.tables import export as metadata
-from biomedica_kit.etl.build import BuildConfig, build
 from biomedica_kit.cli.main import main
-from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.dataset.verify import verify
+from biomedica_kit.etl.build import BuildConfig, build
+from biomedica_kit.tables import export as metadata
 from biomedica_kit.tables.subset import PredicateError, subset, validate_predicate
 
 

@@ -7,9 +7,11 @@ import shutil
 
 import pytest
 
+from biomedica_kit.dataset.changes import apply_changes
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples, shard_keys
+from biomedica_kit.dataset.verify import verify, verify_change
 from biomedica_kit.etl.build import BuildConfig, build
-from biomedica_kit.dataset.shards import iter_samples, read_manifest, verify
-from biomedica_kit.dataset.changes import apply_changes, shard_keys, verify_change
 
 
 @pytest.fixture

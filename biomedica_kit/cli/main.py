@@ -151,7 +151,7 @@ def build(source, out, file_list, workers, limit, licenses, since, until, pub_ye
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 def verify(dataset: str) -> None:
     """Re-check DATASET: manifest, checksums, counts, members of every sample. Exit 0 if all ok."""
-    from biomedica_kit.dataset.shards import verify as run_verify
+    from biomedica_kit.dataset.verify import verify as run_verify
 
     res = run_verify(Path(dataset))
     for w in res.warnings:

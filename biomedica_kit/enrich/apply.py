@@ -1,83 +1,52 @@
 """Entrez enrichment of a dataset: PubMed records -> metadata/entrez.parquet and sample json.
 
-The E-utilities client, cache and parser live in :mod:`biomedica_kit.enrich.entrez`; this module decides
-which PMIDs a dataset needs, which json fields a record fills, and applies them either at build
-time (records already cached) or as a new dataset version (:mod:`biomedica_kit.dataset.changes`), so
+The client is :mod:`biomedica_kit.enrich.efetch`, the record cache
+:mod:`biomedica_kit.ingest.entrez_cache`, the parser and the json fields a record gives
+:mod:`biomedica_kit.etl.pubmed`. This module decides which PMIDs a dataset needs (from
+``metadata/figures.parquet``, never the shards' image bytes) and applies the records as a new
+dataset version (:mod:`biomedica_kit.dataset.changes`), under the dataset's writer lock, so
 only shards whose samples gained fields are rewritten.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from biomedica_kit.dataset.shards import iter_members, read_manifest
+from biomedica_kit.dataset.changes import apply_changes
+from biomedica_kit.dataset.lock import dataset_lock
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.enrich.efetch import fetch_pubmed
+from biomedica_kit.enrich.table import entrez_table, write_entrez_parquet
+from biomedica_kit.etl.mesh import load_mesh_descriptors
+from biomedica_kit.etl.pubmed import ENTREZ_FIELDS, sample_fields
+from biomedica_kit.tables.export import export, metadata_paths
 
-#: Every sample json field enrichment may set (declared to the version, checked by verify).
-ENTREZ_FIELDS = (
-    "entrez_status", "mesh_terms", "mesh_major", "mesh", "supplementary_concepts",
-    "publication_types", "chemicals", "pubmed_keywords", "grants", "languages",
-    "reference_pmids", "reference_count", "pubmed_abstract", "citation_status",
-    "mesh_categories",
-    # BIOMEDICA's published keys for the same facts.
-    "article_mesh_terms", "article_reference_ids", "article_reference_count",
-    "article_abstract",
-)
-
-
-def sample_fields(record: dict, *, has_abstract: bool = True, descriptors=None) -> dict:
-    """The json fields a parsed PubMed record gives a sample.
-
-    ``has_abstract``: whether the sample's json already has ``article_abstract`` (from the XML).
-    ``descriptors`` (NLM's MeSH descriptor file, loaded) adds ``mesh_categories``: the
-    top-level MeSH tree categories of the record's descriptors.
-    """
-    fields = {
-        "entrez_status": "ok",
-        "mesh_terms": record.get("mesh_terms") or [],
-        "mesh_major": record.get("mesh_major") or [],
-        "mesh": record.get("mesh") or [],
-        "supplementary_concepts": record.get("supplementary_concepts") or [],
-        "publication_types": record.get("publication_types") or [],
-        "chemicals": record.get("chemicals") or [],
-        "pubmed_keywords": record.get("keywords") or [],
-        "grants": record.get("grants") or [],
-        "languages": record.get("languages") or [],
-        "reference_pmids": record.get("reference_pmids") or [],
-        "reference_count": record.get("reference_count") or 0,
-        "pubmed_abstract": record.get("abstract"),
-        "citation_status": record.get("citation_status"),
-        "article_mesh_terms": record.get("mesh_terms") or [],
-        "article_reference_ids": record.get("reference_pmids") or [],
-        "article_reference_count": record.get("reference_count") or 0,
-    }
-    # The article's own abstract (XML) stays; PubMed's fills the BIOMEDICA key only when the XML
-    # had none (BIOMEDICA took its abstracts from Entrez).
-    if not has_abstract and record.get("abstract"):
-        fields["article_abstract"] = record["abstract"]
-    if descriptors is not None:
-        from biomedica_kit.enrich.entrez import mesh_rollup
-
-        uis = [m["ui"] for m in record.get("mesh") or [] if m.get("ui")]
-        fields["mesh_categories"] = list(mesh_rollup(uis, descriptors).names)
-    return fields
+__all__ = ["EnrichSummary", "dataset_pmids", "enrich"]
 
 
 def dataset_pmids(dataset: str | Path) -> tuple[dict[str, list[str]], set[str]]:
-    """PMID -> sample keys, and the keys without an abstract, from the current shards' json."""
-    root = Path(dataset)
+    """PMID -> sample keys, and the keys without an abstract, from ``figures.parquet``
+    (exported first if stale: it reads only the shards' json members)."""
+    import pyarrow.parquet as pq
+
+    export(dataset)
+    path = metadata_paths(dataset)["figures"]
+    names = set(pq.read_schema(path).names)
+    if "pmid" not in names:
+        return {}, set()
+    cols = ["key", "pmid"] + (["article_abstract"] if "article_abstract" in names else [])
+    t = pq.read_table(path, columns=cols).to_pydict()
     out: dict[str, list[str]] = {}
     no_abstract: set[str] = set()
-    for s in read_manifest(root)["shards"]:
-        for m, data in iter_members(root / s["path"]):
-            if m.name.endswith(".json"):
-                meta = json.loads(data)
-                if meta.get("pmid"):
-                    out.setdefault(str(meta["pmid"]), []).append(meta["key"])
-                    if not meta.get("article_abstract"):
-                        no_abstract.add(meta["key"])
+    abstracts = t.get("article_abstract") or [None] * len(t["key"])
+    for key, pmid, abstract in zip(t["key"], t["pmid"], abstracts, strict=True):
+        if pmid not in (None, ""):
+            out.setdefault(str(pmid), []).append(key)
+            if not abstract:
+                no_abstract.add(key)
     return out, no_abstract
 
 
@@ -104,31 +73,46 @@ def enrich(
     fetch: bool = True,
     progress: bool = False,
     mesh_descriptors: str | Path | None = None,
+    refresh: bool | Collection[str] = False,
+    max_negative_age_days: float | None = 30.0,
 ) -> EnrichSummary:
     """Fetch (or read from cache) PubMed records for a dataset and apply them as a new version.
 
     ``fetch=False`` uses only what the cache already holds (offline re-application).
+    ``refresh`` asks again for cached answers (``True``: every ``not_found``; a collection of
+    statuses, ``{"ok", "not_found"}`` for everything); a ``not_found`` older than
+    ``max_negative_age_days`` is asked again in any case (None: kept for good).
     ``mesh_descriptors``: NLM's ``descYYYY.xml`` (or .gz); rolls descriptors up to their
     top-level tree categories in the Entrez table and the samples.
     """
-    from biomedica_kit.enrich import entrez
-    from biomedica_kit.dataset.changes import apply_changes
-
     root = Path(dataset)
+    with dataset_lock(root, "enrich"):
+        return _enrich(root, eutils_url=eutils_url, cache_dir=cache_dir, email=email,
+                       api_key=api_key, rate=rate, fetch=fetch, progress=progress,
+                       mesh_descriptors=mesh_descriptors, refresh=refresh,
+                       max_negative_age_days=max_negative_age_days)
+
+
+def _enrich(root: Path, *, eutils_url: str | None, cache_dir: str | Path | None,
+            email: str | None, api_key: str | None, rate: float | None, fetch: bool,
+            progress: bool, mesh_descriptors: str | Path | None,
+            refresh: bool | Collection[str], max_negative_age_days: float | None
+            ) -> EnrichSummary:
     cache = Path(cache_dir) if cache_dir else root / "cache" / "entrez"
     by_pmid, no_abstract = dataset_pmids(root)
     pmids = sorted(by_pmid, key=int)
     counts: dict[str, int] = {}
     if fetch and pmids:
         kw = {"base_url": eutils_url} if eutils_url else {}
-        summary = entrez.fetch_pubmed(pmids, cache, email=email,
-                                      api_key=api_key or os.environ.get("NCBI_API_KEY"),
-                                      rate=rate, progress=progress, **kw)
+        summary = fetch_pubmed(pmids, cache, email=email,
+                               api_key=api_key or os.environ.get("NCBI_API_KEY"),
+                               rate=rate, progress=progress, refresh=refresh,
+                               max_negative_age_days=max_negative_age_days, **kw)
         counts = summary.counts()
-    descriptors = entrez.load_mesh_descriptors(mesh_descriptors) if mesh_descriptors else None
+    descriptors = load_mesh_descriptors(mesh_descriptors) if mesh_descriptors else None
     table_path = root / "metadata" / "entrez.parquet"
-    table = entrez.entrez_table(pmids, cache, descriptors=descriptors)
-    entrez.write_entrez_parquet(table, table_path)
+    table = entrez_table(pmids, cache, descriptors=descriptors)
+    write_entrez_parquet(table, table_path)
     # The table's ok rows are the parsed records: no second parse of the cache.
     records = {r["pmid"]: r for r in table.to_pylist() if r["status"] == "ok"}
     if not counts:

@@ -29,24 +29,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from biomedica_kit.base import pool as distribute
-from biomedica_kit.enrich.apply import sample_fields
+from biomedica_kit.base.atomic import atomic_write_bytes
+from biomedica_kit.dataset.licenses import CATEGORIES, LicenseInfo, with_file_list
+from biomedica_kit.dataset.lock import dataset_lock
+from biomedica_kit.dataset.manifest import version_id, write_manifest
+from biomedica_kit.dataset.shards import ShardWriter, iter_samples
 from biomedica_kit.etl.images import ImagePolicy, ImageRejected, process_image
 from biomedica_kit.etl.jats import JatsError, parse_jats
-from biomedica_kit.dataset.licenses import CATEGORIES, LicenseInfo, with_file_list
+from biomedica_kit.etl.ledger import DatasetState, PackageRecord, records_table_rows
+from biomedica_kit.etl.pubmed import load_cached, sample_fields
+from biomedica_kit.etl.schema import article_fields, sample_key, sample_record
 from biomedica_kit.ingest.packages import (
     PackageError,
     PackageLimits,
     article_xml_members,
     read_package,
-)
-from biomedica_kit.etl.ledger import DatasetState, PackageRecord, dataset_lock, records_table_rows
-from biomedica_kit.etl.schema import article_fields, sample_key, sample_record
-from biomedica_kit.dataset.shards import (
-    ShardWriter,
-    atomic_write_bytes,
-    iter_samples,
-    version_id,
-    write_manifest,
 )
 from biomedica_kit.ingest.sources import (
     PackageRef,
@@ -242,8 +239,6 @@ def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
 def _cached_pubmed(pmid: str | None, cache: str | None) -> dict | None:
     if not (pmid and cache):
         return None
-    from biomedica_kit.enrich.entrez import load_cached
-
     return load_cached([pmid], cache).get(str(pmid))
 
 
@@ -381,7 +376,7 @@ class DatasetWriter:
                    ("json", json.dumps(s.meta, ensure_ascii=False, sort_keys=True).encode())]
         w = self.writers[s.subset]
         w.write(s.key, members)
-        rec.samples.append([s.key, sha, s.subset, w.locations[-1].shard,
+        rec.samples.append([s.key, sha, s.subset, w.current_shard,
                             first if first != s.key else None])
 
     def checkpoint(self) -> None:
@@ -431,7 +426,7 @@ class DatasetWriter:
             for key, group in iter_samples(self.out / path):
                 if key not in drop[path]:
                     w.write(key, list(group.items()))
-                    moved.append([path, key, w.locations[-1].shard])
+                    moved.append([path, key, w.current_shard])
             removed.append(path)
         added = [asdict(i) for w in writers.values() for i in w.close()]
         ev = {"remove": removed, "add": added, "moved": moved}

@@ -25,16 +25,14 @@ rewritten without them (under new names; older versions keep the old files).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import re
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from biomedica_kit.dataset.shards import MANIFEST, TMP_PREFIX, atomic_write_bytes, read_manifest
+from biomedica_kit.base.atomic import TMP_PREFIX, atomic_write_bytes
+from biomedica_kit.dataset.manifest import MANIFEST, read_manifest
+from biomedica_kit.dataset.shards import SHARD_NAME, untagged
 
 LEDGER_DIR = "ledger"
 #: Columns of report/packages.parquet (one row per package record).
@@ -42,8 +40,6 @@ PACKAGE_COLUMNS = ("id", "name", "file", "last_updated", "size", "mtime_ns", "sh
                    "reason", "pmcid", "pmid", "citation", "license")
 #: Columns of report/samples.parquet: where every sample lies, and the global sha index.
 SAMPLE_COLUMNS = ("key", "image_sha256", "subset", "shard", "duplicate_of", "package_id")
-# subset-000012.tar, or subset-000012-v1a2b3c4d.tar as rewritten by biomedica_kit.dataset.changes
-_SHARD_NAME = re.compile(r"^(?P<subset>[A-Za-z0-9_]+)-(?P<n>\d+)(?P<tag>-v[0-9a-f]+)?\.tar$")
 
 
 @dataclass
@@ -147,11 +143,11 @@ class DatasetState:
         A version made after the last build (:func:`biomedica_kit.dataset.changes.apply_changes`)
         rewrites shards as ``<name>-v<tag>.tar`` with the same samples in the same order.
         """
-        current = {_untagged(p): p for p in self.shards}
+        current = {untagged(p): p for p in self.shards}
         for rec in self.records.values():
             for s in rec.samples:
                 if s[3] not in self.shards:
-                    s[3] = current.get(_untagged(s[3]), s[3])
+                    s[3] = current.get(untagged(s[3]), s[3])
 
     @property
     def exists(self) -> bool:
@@ -223,7 +219,7 @@ class DatasetState:
         """
         d = self.root / "shards" / subset
         nums = [int(m["n"]) for f in (d.iterdir() if d.is_dir() else ())
-                if (m := _SHARD_NAME.match(f.name)) and m["subset"] == subset]
+                if (m := SHARD_NAME.match(f.name)) and m["subset"] == subset]
         return max(nums) + 1 if nums else 0
 
     def collect_garbage(self) -> list[str]:
@@ -261,12 +257,6 @@ class DatasetState:
                     yield rec, s
 
 
-def _untagged(path: str) -> str:
-    m = _SHARD_NAME.match(path.rsplit("/", 1)[-1])
-    return path[: len(path) - len(path.rsplit("/", 1)[-1])] + f"{m['subset']}-{m['n']}" if m \
-        else path
-
-
 def records_table_rows(records: Iterable[PackageRecord]):
     """Flatten records into (articles, skips, samples, packages) row lists for report/."""
     arts, skips, samples, pkgs = [], [], [], []
@@ -276,20 +266,3 @@ def records_table_rows(records: Iterable[PackageRecord]):
         skips += [{**s, "package_id": rec.id} for s in rec.skips]
         samples += [dict(zip(SAMPLE_COLUMNS, [*s, rec.id], strict=True)) for s in rec.samples]
     return arts, skips, samples, pkgs
-
-
-@contextmanager
-def dataset_lock(root: Path):
-    """Hold an exclusive lock on the dataset folder: two builds must never share one.
-
-    The lock is on the folder itself (no lock file left behind) and dies with the process.
-    """
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another build is writing {root}") from None
-        yield
-    finally:
-        os.close(fd)

@@ -1,8 +1,8 @@
 """Download PMC OA packages from an HTTP(S) mirror into a local cache, politely and verifiably.
 
-* **Polite**: every request (retries included) first takes a slot from one thread-safe
-  :class:`RateLimiter` (NCBI asks for at most 3 requests/s per client), and failures back off
-  exponentially with jitter, honouring ``Retry-After``.
+* **Polite**: every request (retries included) first takes a slot from one thread-safe rate
+  limiter (NCBI asks for at most 3 requests/s per client), and failures back off exponentially
+  with jitter, honouring ``Retry-After`` (:mod:`biomedica_kit.base.http`).
 * **Verifiable**: a download is streamed to ``<file>.part``; its length is checked against
   ``Content-Length`` / ``Content-Range``, an archive is read through to the end (gzip CRC, tar
   headers, zip CRCs), and only then is it renamed into place. A file under its final name is
@@ -23,72 +23,55 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
-import random
 import tarfile
 import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import requests
 import urllib3
 
+from biomedica_kit.base.atomic import atomic_write_bytes
+from biomedica_kit.base.errors import ReasonError
+from biomedica_kit.base.http import (
+    RETRY_STATUS,
+    Backoff,
+    RateLimiter,
+    ThreadSessions,
+    call_with_retries,
+    retry_after,
+)
 from biomedica_kit.base.pool import ordered_window
-from biomedica_kit.dataset.shards import atomic_write_bytes
 from biomedica_kit.ingest.sources import FILE_LIST, PackageRef
 
+T = TypeVar("T")
 LEDGER = ".fetch-ledger.jsonl"
 PART = ".part"
-#: Status codes worth retrying: the server or a proxy is overloaded or briefly broken.
-RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class FetchError(Exception):
+class FetchError(ReasonError):
     """A download attempt failed; ``retryable`` says whether another attempt may succeed."""
 
     def __init__(self, reason: str, detail: str, *, retryable: bool,
                  retry_after: float | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.retryable = retryable
         self.retry_after = retry_after
-
-
-class RateLimiter:
-    """At most ``rate`` acquisitions per second across all threads, evenly spaced (no bursts).
-
-    Slots are handed out under a lock and slept for outside it, so waiting threads do not
-    serialise on the lock itself. ``rate <= 0`` disables the limit.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        """Block until this caller's slot comes."""
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
     """How packages are downloaded."""
 
-    rate: float = 3.0  # requests per second, all threads together (NCBI's limit)
+    rate: float = 3.0  # requests per second, all threads together (NCBI's limit); 0: none
     retries: int = 5  # further attempts after the first
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     max_backoff: float = 60.0
@@ -120,10 +103,10 @@ class Fetcher:
         self.base = base_url if base_url.endswith("/") else base_url + "/"
         self.cache = Path(cache)
         self.policy = policy or FetchPolicy()
-        self.limiter = RateLimiter(self.policy.rate)
+        self.limiter = RateLimiter(self.policy.rate if self.policy.rate > 0 else math.inf)
         self.stats = FetchStats()
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._sessions = ThreadSessions(self.policy.user_agent)
         self.ledger = self._load_ledger()
 
     # -------------------------------------------------------------------------- public
@@ -202,33 +185,20 @@ class Fetcher:
             raise FetchError("unsafe_path", f"file list path {rel!r}", retryable=False)
         return self.cache.joinpath(*pp.parts)
 
-    def _session(self) -> requests.Session:
-        # One session per thread: connection reuse without sharing a Session across threads.
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            s.headers["User-Agent"] = self.policy.user_agent
-        return s
-
-    def _with_retries(self, attempt):
+    def _with_retries(self, attempt: Callable[[], T]) -> T | FetchError:
         """Run ``attempt`` until it succeeds, fails for good, or retries run out.
 
         Returns the attempt's value, or the last :class:`FetchError`.
         """
         p = self.policy
-        for n in range(p.retries + 1):
-            try:
-                return attempt()
-            except FetchError as exc:
-                if not exc.retryable or n == p.retries:
-                    return exc
-                delay = min(p.max_backoff, p.backoff * 2 ** n)
-                delay *= 0.5 + random.random() / 2  # jitter: clients do not retry in lockstep
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, p.max_backoff))
-                self._count(retries=1)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            return call_with_retries(
+                attempt, Backoff(p.retries, p.backoff, p.max_backoff),
+                retryable=lambda e: isinstance(e, FetchError) and e.retryable,
+                wait_hint=lambda e: getattr(e, "retry_after", None),
+                on_retry=lambda _n, _e: self._count(retries=1))
+        except FetchError as exc:
+            return exc
 
     def _download(self, url: str, dest: Path, *, headers: dict | None = None,
                   last_updated: str | None = None, check: bool = False) -> dict | None:
@@ -250,7 +220,7 @@ class Fetcher:
         self.limiter.acquire()
         self._count(requests=1)
         try:
-            r = self._session().get(url, headers=headers, stream=True,
+            r = self._sessions.get().get(url, headers=headers, stream=True,
                                     timeout=(p.connect_timeout, p.read_timeout))
         except requests.RequestException as exc:
             raise FetchError("http_error", f"{type(exc).__name__}: {exc}"[:300],
@@ -266,7 +236,7 @@ class Fetcher:
             if r.status_code not in (200, 206):
                 raise FetchError(f"http_{r.status_code}", url,
                                  retryable=r.status_code in RETRY_STATUS,
-                                 retry_after=_retry_after(r.headers.get("Retry-After")))
+                                 retry_after=retry_after(r.headers.get("Retry-After")))
             h = hashlib.sha256()
             if r.status_code == 206:
                 start, total = _content_range(r.headers.get("Content-Range"))
@@ -392,10 +362,6 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
         return int(span.split("-")[0]), (int(total) if total.isdigit() else None)
     except ValueError:
         raise FetchError("bad_range", f"Content-Range {value!r}", retryable=True) from None
-
-
-def _retry_after(value: str | None) -> float | None:
-    return float(value) if value and value.strip().isdigit() else None
 
 
 def _read_json(path: Path) -> dict:

@@ -63,7 +63,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit.dataset.shards import TMP_PREFIX, fsync_dir, read_manifest
+from biomedica_kit.base.atomic import TMP_PREFIX, fsync_dir
+from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.tario import iter_tar_files
 
 if TYPE_CHECKING:
@@ -358,8 +359,8 @@ def article_columns(figure_columns: Iterable[str]) -> list[str]:
     schema.article_fields, the Entrez fields (enrich.ENTREZ_FIELDS: PubMed describes articles)
     and every ``article_*`` / ``entrez_*`` column.
     """
-    from biomedica_kit.enrich.apply import ENTREZ_FIELDS
     from biomedica_kit.etl.jats import Article
+    from biomedica_kit.etl.pubmed import ENTREZ_FIELDS
 
     known = {f.name for f in fields(Article)} - {"id", "figures"}
     known |= set(_ARTICLE_EXTRA) | set(ENTREZ_FIELDS)

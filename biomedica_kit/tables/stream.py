@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from biomedica_kit.dataset.shards import IMAGE_EXTS, read_manifest
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import IMAGE_EXTS
 
 if TYPE_CHECKING:
     import polars as pl

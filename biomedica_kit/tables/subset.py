@@ -46,15 +46,11 @@ from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biomedica_kit.base.atomic import write_parquet_atomic
 from biomedica_kit.dataset.licenses import CATEGORIES
-from biomedica_kit.tables.export import (
-    META_DIR,
-    connect,
-    quote_ident,
-    sql_literal,
-    write_parquet_atomic,
-)
-from biomedica_kit.dataset.shards import ShardWriter, read_manifest, write_manifest
+from biomedica_kit.dataset.manifest import read_manifest, write_manifest
+from biomedica_kit.dataset.shards import ShardWriter
+from biomedica_kit.tables.export import META_DIR, connect, quote_ident, sql_literal
 
 if TYPE_CHECKING:
     import pyarrow as pa
