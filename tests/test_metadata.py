@@ -22,9 +22,11 @@ from biomedica_kit.cli.main import main
 from biomedica_kit.dataset.changes import apply_changes
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.dataset.tario import iter_tar_files
 from biomedica_kit.etl.build import BuildConfig, build
 from biomedica_kit.tables import export as metadata
 from biomedica_kit.tables import query
+from biomedica_kit.tables.connect import connect, lazy
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +187,15 @@ def test_tar_header_reader_matches_tarfile(fmt):
     with tarfile.open(fileobj=buf) as t:
         ref = [(m.name, m.offset_data, m.size) for m in t if m.isfile()]
     buf.seek(0)
-    assert list(metadata.iter_tar_files(buf)) == ref
+    assert list(iter_tar_files(buf)) == ref
     for name, off, size in ref:
         assert buf.getvalue()[off:off + size] == dict(members)[name]
     bad = bytearray(buf.getvalue())
     bad[ref[1][1] - 512 + 130] ^= 1  # flip a bit inside the second header's size field
     with pytest.raises(ValueError, match="checksum"):
-        list(metadata.iter_tar_files(io.BytesIO(bytes(bad))))
+        list(iter_tar_files(io.BytesIO(bytes(bad))))
     with pytest.raises(ValueError, match="truncated"):
-        list(metadata.iter_tar_files(io.BytesIO(buf.getvalue()[:700])))
+        list(iter_tar_files(io.BytesIO(buf.getvalue()[:700])))
 
 
 def test_incremental_export_rereads_only_changed_shards(fresh_ds, monkeypatch):
@@ -276,7 +278,7 @@ def test_articles_table_real_values(sample_ds):
 
 
 def test_connect_views_and_optional_tables(fresh_ds):
-    con = metadata.connect(fresh_ds)
+    con = connect(fresh_ds)
     assert {"figures", "articles", "report_articles", "skips"} <= set(query.views(con))
     assert not {"labels", "entrez", "embeddings", "figures_labeled"} & set(query.views(con))
     keys = [r[0] for r in con.execute("SELECT key FROM figures ORDER BY key").fetchall()]
@@ -290,7 +292,7 @@ def test_connect_views_and_optional_tables(fresh_ds):
     (fresh_ds / "embeddings" / "clip").mkdir(parents=True)
     pq.write_table(pa.table({"key": keys, "vector": [[0.5, 1.0]] * len(keys)}),
                    fresh_ds / "embeddings" / "clip" / "part-0.parquet")
-    con = metadata.connect(fresh_ds)
+    con = connect(fresh_ds)
     assert {"labels", "entrez", "embeddings", "figures_labeled"} <= set(query.views(con))
     assert con.execute("SELECT DISTINCT model FROM embeddings").fetchall() == [("clip",)]
     lab = query.label_counts(con)
@@ -298,12 +300,12 @@ def test_connect_views_and_optional_tables(fresh_ds):
         "Microscopy": 1, "Plots": 1, None: len(keys) - 2}
     mesh = query.mesh_counts(con)
     assert mesh.to_dicts() == [{"mesh_terms": "Arabidopsis", "n": 1, "share": 1 / 3}]
-    lf = metadata.lazy(fresh_ds, "figures")
+    lf = lazy(fresh_ds, "figures")
     assert lf.select(pl.len()).collect().item() == len(keys)
 
 
 def test_read_only_connection_cannot_touch_other_files(sample_ds, tmp_path):
-    con = metadata.connect(sample_ds, read_only=True)
+    con = connect(sample_ds, read_only=True)
     assert con.execute("SELECT count(*) FROM figures").fetchone()[0] > 0
     with pytest.raises(duckdb.Error):
         con.execute(f"COPY figures TO '{tmp_path / 'x.csv'}'")

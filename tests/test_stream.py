@@ -254,7 +254,7 @@ def test_stale_offsets_fail_loudly(ds):
 def test_polars_rows_from_lazy_drive_the_range_reader(ds, http, truth):
     import polars as pl
 
-    from biomedica_kit.tables.export import lazy
+    from biomedica_kit.tables.connect import lazy
 
     server, url = http
     rows = lazy(ds).filter(pl.col("figure_kind") == "figure").sort("key").collect()

@@ -16,7 +16,7 @@ from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import iter_samples
 from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import BuildConfig, build
-from biomedica_kit.tables import export as metadata
+from biomedica_kit.tables.connect import connect
 from biomedica_kit.tables.subset import PredicateError, subset, validate_predicate
 
 
@@ -42,7 +42,7 @@ def samples(ds: Path) -> dict[str, tuple[str, dict[str, bytes]]]:
 
 
 def duckdb_keys(ds: Path, where: str, params=None) -> list[str]:
-    con = metadata.connect(ds)
+    con = connect(ds)
     return [r[0] for r in con.execute(
         f"SELECT key FROM figures WHERE {where} ORDER BY shard, image_offset", params or []
     ).fetchall()]

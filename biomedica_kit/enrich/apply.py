@@ -22,7 +22,8 @@ from biomedica_kit.enrich.efetch import fetch_pubmed
 from biomedica_kit.enrich.table import entrez_table, write_entrez_parquet
 from biomedica_kit.etl.mesh import load_mesh_descriptors
 from biomedica_kit.etl.pubmed import ENTREZ_FIELDS, sample_fields
-from biomedica_kit.tables.export import export, metadata_paths
+from biomedica_kit.tables.connect import metadata_paths
+from biomedica_kit.tables.export import export
 
 __all__ = ["EnrichSummary", "dataset_pmids", "enrich"]
 

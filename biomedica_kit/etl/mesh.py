@@ -82,7 +82,8 @@ def load_mesh_descriptors(path: str | os.PathLike[str]) -> MeshDescriptors:
         ):
             ui = (rec.findtext("DescriptorUI") or "").strip()
             if ui:
-                result[ui] = [t for t in (_text(e) for e in rec.iterfind("TreeNumberList/TreeNumber")) if t]
+                trees = (_text(e) for e in rec.iterfind("TreeNumberList/TreeNumber"))
+                result[ui] = [t for t in trees if t]
                 name = _text(rec.find("DescriptorName/String"))
                 if name:
                     result.names[ui] = name

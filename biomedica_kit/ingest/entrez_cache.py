@@ -27,7 +27,8 @@ STATUSES: tuple[Status, ...] = ("ok", "not_found", "failed")
 
 
 class EntrezCache:
-    """The raw PubMed record store: ``<dir>/<last 3 PMID digits>/<pmid>.xml`` (the record) and ``<pmid>.status.json``.
+    """The raw PubMed record store: ``<dir>/<last 3 PMID digits>/<pmid>.xml`` (the record)
+    and ``<pmid>.status.json``.
 
     Sharding by the last digits spreads millions of PMIDs evenly over 1,000 directories.
     A record file wins over a status file: it is only written from a real answer.

@@ -3,13 +3,10 @@
 Public API (stable; notebooks and the report call it)::
 
     export(dataset, *, force=False, workers=None) -> ExportSummary
-    connect(dataset, *, refresh=True, read_only=False) -> duckdb.DuckDBPyConnection
-    lazy(dataset, table="figures", *, refresh=True) -> polars.LazyFrame
-    metadata_paths(dataset) -> dict[str, Path]        # every table connect() can expose
-    quote_ident(name) -> str / sql_literal(value) -> str   # SQL quoting used by query/subset
-    write_parquet_atomic(table, path) -> None
-    iter_tar_files(fileobj) -> Iterator[(name, data_offset, size)]   # tar headers only
+    is_current(dataset) -> bool                # the tables describe the current version
     read_shard_records(path) -> list[dict]     # one shard's locations, captions, json
+    records_table(records) -> pyarrow.Table
+    article_columns(figure_columns) -> list[str]
 
 **Export** reads only the ``.txt`` and ``.json`` members of each shard: the tar headers
 (parsed by :func:`iter_tar_files`) give every member's data offset and size, so images are
@@ -44,12 +41,7 @@ deleted.
 fields of its samples, ``n_figures`` (samples written), the shard paths holding it, and, from
 ``report/`` where present, ``n_fig_elements``, ``n_images`` and ``n_skipped``.
 
-**Query layer:** :func:`connect` returns an in-memory DuckDB connection with views
-``figures``, ``articles`` and, when their files exist, ``report_articles``, ``skips``,
-``entrez`` (``metadata/entrez.parquet``), ``labels`` (newest ``labels/*.parquet``),
-``figures_labeled`` (figures LEFT JOIN labels on ``key``) and ``embeddings``
-(``embeddings/<model>/*.parquet`` with a ``model`` column). :mod:`biomedica_kit.tables.query` has
-helpers for the usual questions.
+The query layer over these tables is :mod:`biomedica_kit.tables.connect`.
 """
 
 from __future__ import annotations
@@ -63,13 +55,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit.base.atomic import TMP_PREFIX, fsync_dir
+from biomedica_kit.base.atomic import atomic_path, write_parquet_atomic
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.tario import iter_tar_files
+from biomedica_kit.tables.sql import quote_ident, sql_literal
 
 if TYPE_CHECKING:
-    import duckdb
-    import polars as pl
     import pyarrow as pa
 
 EXPORT_FORMAT = "1"
@@ -111,19 +102,6 @@ class ExportSummary:
     json_columns: list[str] = field(default_factory=list)  # columns stored as JSON text
     up_to_date: bool = False  # True when nothing had to be written
     seconds: float = 0.0
-
-
-# ------------------------------------------------------------------------------- SQL quoting
-
-
-def quote_ident(name: str) -> str:
-    """A DuckDB identifier, double-quoted (embedded quotes doubled)."""
-    return '"' + str(name).replace('"', '""') + '"'
-
-
-def sql_literal(value: str | os.PathLike) -> str:
-    """A DuckDB string literal, for the few places parameters are not allowed (DDL, COPY)."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 # ---------------------------------------------------------------------------- shard reading
@@ -219,29 +197,6 @@ def records_table(records: list[dict[str, Any]]) -> pa.Table:
         _META_FORMAT: EXPORT_FORMAT.encode(), _META_JSON_COLUMNS: json.dumps(json_cols).encode()})
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file via temp + fsync + rename (readers never see half a file)."""
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _export_shard(shard: str, part: str) -> int:
     """Read one shard and write its part file (module-level so a process pool can run it)."""
     table = records_table(read_shard_records(shard))
@@ -331,24 +286,17 @@ def _assemble(root: Path, manifest: dict, parts: dict[str, Path], report_fp: str
         _META_JSON_COLUMNS: json.dumps(sorted(json_cols)).encode(),
     })
     path = root / META_DIR / "figures.parquet"
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     rows = 0
-    try:
-        with pq.ParquetWriter(tmp, full) as writer:
-            for s in shards:
-                part = pq.read_table(parts[s["sha256"]])
-                n = part.num_rows
-                part = _conform(part, unified, json_cols)
-                for name, value in (("shard", s["path"]), ("subset", s["subset"]),
-                                    ("dataset_version", manifest["dataset_version"])):
-                    part = part.append_column(name, pa.array([value] * n, pa.string()))
-                writer.write_table(part.select(full.names).cast(full))
-                rows += n
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, full) as writer:
+        for s in shards:
+            part = pq.read_table(parts[s["sha256"]])
+            n = part.num_rows
+            part = _conform(part, unified, json_cols)
+            for name, value in (("shard", s["path"]), ("subset", s["subset"]),
+                                ("dataset_version", manifest["dataset_version"])):
+                part = part.append_column(name, pa.array([value] * n, pa.string()))
+            writer.write_table(part.select(full.names).cast(full))
+            rows += n
     return rows, full.names, sorted(json_cols)
 
 
@@ -376,45 +324,43 @@ def _build_articles(root: Path, figure_columns: list[str], version: str) -> int:
 
     figs = root / META_DIR / "figures.parquet"
     path = root / META_DIR / "articles.parquet"
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     rep, skips = root / "report" / "articles.parquet", root / "report" / "skips.parquet"
     con = duckdb.connect()
     try:
-        if "article_id" not in figure_columns:  # an empty dataset: no samples, no articles
-            body = "SELECT NULL::VARCHAR AS article_id, 0::BIGINT AS n_figures LIMIT 0"
-        else:
-            cols = article_columns(figure_columns)
-            anys = "".join(f", any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in cols)
-            f_sql = (f"SELECT article_id, count(*)::BIGINT AS n_figures, "
-                     f"list_sort(list(DISTINCT shard)) AS shards{anys} "
-                     f"FROM read_parquet({sql_literal(figs)}) GROUP BY article_id")
-            if rep.is_file() and skips.is_file():
-                r_sql = (f"SELECT id, sum(n_figures)::BIGINT AS n_fig_elements, "
-                         f"sum(n_images)::BIGINT AS n_images "
-                         f"FROM read_parquet({sql_literal(rep)}) GROUP BY id")
-                s_sql = (f"SELECT article_id AS id, count(*)::BIGINT AS n_skipped "
-                         f"FROM read_parquet({sql_literal(skips)}) GROUP BY article_id")
+        with atomic_path(path) as tmp:
+            if "article_id" not in figure_columns:  # an empty dataset: no samples, no articles
+                body = "SELECT NULL::VARCHAR AS article_id, 0::BIGINT AS n_figures LIMIT 0"
             else:
-                r_sql = ("SELECT NULL::VARCHAR AS id, NULL::BIGINT AS n_fig_elements, "
-                         "NULL::BIGINT AS n_images LIMIT 0")
-                s_sql = "SELECT NULL::VARCHAR AS id, NULL::BIGINT AS n_skipped LIMIT 0"
-            body = (
-                f"WITH f AS ({f_sql}), r AS ({r_sql}), s AS ({s_sql}) "
-                f"SELECT f.article_id{''.join(', f.' + quote_ident(c) for c in cols)}, "
-                f"f.n_figures, r.n_fig_elements, r.n_images, "
-                f"CASE WHEN r.id IS NULL THEN NULL ELSE coalesce(s.n_skipped, 0) END::BIGINT "
-                f"AS n_skipped, f.shards, {sql_literal(version)} AS dataset_version "
-                f"FROM f LEFT JOIN r ON r.id = f.article_id LEFT JOIN s ON s.id = f.article_id "
-                f"ORDER BY f.article_id")
-        con.execute(f"COPY ({body}) TO {sql_literal(tmp)} (FORMAT parquet, KV_METADATA "
-                    f"{{{json.dumps(_META_VERSION.decode())}: {sql_literal(version)}}})")
-        n = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+                cols = article_columns(figure_columns)
+                anys = "".join(f", any_value({quote_ident(c)}) AS {quote_ident(c)}"
+                               for c in cols)
+                f_sql = (f"SELECT article_id, count(*)::BIGINT AS n_figures, "
+                         f"list_sort(list(DISTINCT shard)) AS shards{anys} "
+                         f"FROM read_parquet({sql_literal(figs)}) GROUP BY article_id")
+                if rep.is_file() and skips.is_file():
+                    r_sql = (f"SELECT id, sum(n_figures)::BIGINT AS n_fig_elements, "
+                             f"sum(n_images)::BIGINT AS n_images "
+                             f"FROM read_parquet({sql_literal(rep)}) GROUP BY id")
+                    s_sql = (f"SELECT article_id AS id, count(*)::BIGINT AS n_skipped "
+                             f"FROM read_parquet({sql_literal(skips)}) GROUP BY article_id")
+                else:
+                    r_sql = ("SELECT NULL::VARCHAR AS id, NULL::BIGINT AS n_fig_elements, "
+                             "NULL::BIGINT AS n_images LIMIT 0")
+                    s_sql = "SELECT NULL::VARCHAR AS id, NULL::BIGINT AS n_skipped LIMIT 0"
+                body = (
+                    f"WITH f AS ({f_sql}), r AS ({r_sql}), s AS ({s_sql}) "
+                    f"SELECT f.article_id{''.join(', f.' + quote_ident(c) for c in cols)}, "
+                    f"f.n_figures, r.n_fig_elements, r.n_images, "
+                    f"CASE WHEN r.id IS NULL THEN NULL ELSE coalesce(s.n_skipped, 0) "
+                    f"END::BIGINT AS n_skipped, f.shards, {sql_literal(version)} AS "
+                    f"dataset_version FROM f LEFT JOIN r ON r.id = f.article_id "
+                    f"LEFT JOIN s ON s.id = f.article_id ORDER BY f.article_id")
+            con.execute(f"COPY ({body}) TO {sql_literal(tmp)} (FORMAT parquet, KV_METADATA "
+                        f"{{{json.dumps(_META_VERSION.decode())}: {sql_literal(version)}}})")
+            n = con.execute(
+                f"SELECT count(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
     finally:
         con.close()
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
     return n
 
 
@@ -516,100 +462,3 @@ def _read_parts(root: Path, todo: list[tuple[str, Path]], workers: int | None) -
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
         for fut in [pool.submit(_export_shard, shard, part) for shard, part in jobs]:
             fut.result()
-
-
-# ------------------------------------------------------------------------------ query layer
-
-
-def metadata_paths(dataset: str | os.PathLike) -> dict[str, Path]:
-    """Existing tables of a dataset by view name (``embeddings`` is a glob pattern)."""
-    root = Path(dataset)
-    candidates = {
-        "figures": root / META_DIR / "figures.parquet",
-        "articles": root / META_DIR / "articles.parquet",
-        "entrez": root / META_DIR / "entrez.parquet",
-        "report_articles": root / "report" / "articles.parquet",
-        "skips": root / "report" / "skips.parquet",
-    }
-    out = {k: p for k, p in candidates.items() if p.is_file()}
-    labels = latest_labels(root)
-    if labels is not None:
-        out["labels"] = labels
-    if any((root / "embeddings").glob("*/*.parquet")):
-        out["embeddings"] = root / "embeddings" / "*" / "*.parquet"
-    return out
-
-
-def latest_labels(dataset: str | os.PathLike) -> Path | None:
-    """``labels/latest.parquet`` if present, else the most recently written labels file."""
-    d = Path(dataset) / "labels"
-    if (d / "latest.parquet").is_file():
-        return d / "latest.parquet"
-    files = [p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)]
-    if not files:
-        return None
-    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-
-
-def _ensure(dataset: str | os.PathLike, refresh: bool) -> Path:
-    # Absolute, resolved paths: views stay valid whatever the working directory, and a
-    # read-only connection's allowed directory matches the paths its views read.
-    root = Path(dataset).resolve()
-    if not (root / "manifest.json").is_file():
-        raise FileNotFoundError(f"{root} is not a dataset (no manifest.json)")
-    if refresh:
-        export(root)
-    elif not (root / META_DIR / "figures.parquet").is_file():
-        raise FileNotFoundError(f"{root}: no metadata yet; run `biomedica export {root}`")
-    return root
-
-
-def connect(dataset: str | os.PathLike, *, refresh: bool = True,
-            read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the dataset's tables as views (see module doc).
-
-    ``refresh`` first runs :func:`export` (a no-op when the metadata is current).
-    ``read_only`` confines the connection to files under the dataset folder and locks the
-    configuration, so SQL run on it cannot read or write anything else.
-    """
-    import duckdb
-
-    root = _ensure(dataset, refresh)
-    con = duckdb.connect()
-    paths = metadata_paths(root)
-    for name, path in paths.items():
-        if name == "embeddings":
-            con.execute(
-                f"CREATE VIEW embeddings AS SELECT * EXCLUDE (filename), "
-                f"parse_filename(parse_dirpath(filename)) AS model "
-                f"FROM read_parquet({sql_literal(path)}, union_by_name = true, filename = true)")
-        else:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_literal(path)})")
-    if "labels" in paths:
-        fcols = {r[0] for r in con.execute("DESCRIBE figures").fetchall()}
-        lcols = [r[0] for r in con.execute("DESCRIBE labels").fetchall()]
-        if "key" in lcols:
-            add = "".join(f", l.{quote_ident(c)}" for c in lcols if c not in fcols)
-            con.execute(f"CREATE VIEW figures_labeled AS SELECT f.*{add} "
-                        f"FROM figures f LEFT JOIN labels l ON l.key = f.key")
-    if read_only:
-        con.execute(f"SET allowed_directories = [{sql_literal(str(root) + os.sep)}]")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-    return con
-
-
-def lazy(dataset: str | os.PathLike, table: str = "figures", *,
-         refresh: bool = True) -> pl.LazyFrame:
-    """A Polars LazyFrame over one of the tables :func:`connect` exposes."""
-    import polars as pl
-
-    root = _ensure(dataset, refresh)
-    paths = metadata_paths(root)
-    if table not in paths:
-        raise ValueError(f"no table {table!r} in {root}; available: {sorted(paths)}")
-    if table == "embeddings":  # as the DuckDB view: a model column from embeddings/<model>/
-        return pl.scan_parquet(paths[table], include_file_paths="__file").with_columns(
-            model=pl.col("__file").map_elements(lambda f: Path(f).parent.name,
-                                                return_dtype=pl.String)).drop("__file")
-    return pl.scan_parquet(paths[table])

@@ -55,13 +55,13 @@ import json
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import IMAGE_EXTS
+from biomedica_kit.tables.samples import cut_span, group_spans, read_samples
 
 if TYPE_CHECKING:
     import polars as pl
@@ -114,7 +114,7 @@ def _open_url(url: str, session: requests.Session | None, timeout: float):
 def _expand_shards(handler: Callable[[Exception], bool], session=None, timeout: float = 60.0):
     """Pipeline stage: shard URLs (str or {"url"}) -> WebDataset samples, closing each shard.
 
-    Members are read with :func:`biomedica_kit.dataset.tario.iter_tar_stream` (one ``read`` per member)
+    Members are read with :func:`biomedica_kit.dataset.tario.iter_tar_stream` (one read each)
     instead of webdataset's ``tarfile`` stream expander, which copies every member through a
     Python loop; grouping into samples is webdataset's own ``group_by_keys``.
     """
@@ -287,28 +287,6 @@ def _rows(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]]
     return [{c: r[c] for c in _LOCATION} for r in rows]
 
 
-def _spans(rows: list[dict[str, Any]], merge_gap: int, max_span: int):
-    """Group rows into byte spans per shard: [(shard, start, end, [(row, members)])]."""
-    out: list[tuple[str, int, int, list]] = []
-    rows = sorted(rows, key=lambda r: (r["shard"], r["image_offset"] or r["txt_offset"] or 0))
-    for r in rows:
-        members = [(r[f"{m}_offset"], r[f"{m}_length"], ext) for m, ext in (
-            ("image", r["image_ext"]), ("txt", "txt"), ("json", "json"))
-            if r[f"{m}_offset"] is not None]
-        if not members:
-            raise ValueError(f"{r['key']}: no member offsets")
-        start = min(m[0] for m in members)
-        end = max(m[0] + m[1] for m in members)
-        if out and out[-1][0] == r["shard"] and start - out[-1][2] <= merge_gap \
-                and end - out[-1][1] <= max_span and start >= out[-1][2]:
-            shard, s0, _, items = out[-1]
-            out[-1] = (shard, s0, end, items)
-            items.append((r, members))
-        else:
-            out.append((r["shard"], start, end, [(r, members)]))
-    return out
-
-
 def _fetch(url: str, start: int, end: int, session, timeout: float) -> bytes:
     r = session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}, timeout=timeout)
     if r.status_code != 206:
@@ -336,33 +314,21 @@ def read_ranges(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]], *,
         import requests
 
         session = requests.Session()
-    for shard, spans in groupby(_spans(_rows(rows), merge_gap, max_span), key=lambda s: s[0]):
-        if base_url is not None:
-            url = base_url.rstrip("/") + "/" + shard
-            for _, start, end, items in spans:
-                blob = _fetch(url, start, end, session, timeout)
-                yield from _cut(url, blob, start, items)
-            continue
-        url = str(Path(root) / shard)
-        with open(url, "rb") as f:
-            for _, start, end, items in spans:
-                f.seek(start)
-                blob = f.read(end - start)
-                if len(blob) != end - start:
-                    raise OSError(f"{url}: short read at {start} (metadata stale?)")
-                yield from _cut(url, blob, start, items)
+    data = _rows(rows)
+    if base_url is None:
+        for r, members in read_samples(root, data, merge_gap=merge_gap, max_span=max_span):
+            yield _sample(str(Path(root) / r["shard"]), r, members)
+        return
+    for span in group_spans(data, merge_gap=merge_gap, max_span=max_span):
+        url = base_url.rstrip("/") + "/" + span.shard
+        blob = _fetch(url, span.start, span.end, session, timeout)
+        for r, members in cut_span(span, blob, url):
+            yield _sample(url, r, members)
 
 
-def _cut(url: str, blob: bytes, start: int, items: list) -> Iterator[dict[str, Any]]:
-    """Slice one span's bytes into its samples, checking each json names its key."""
-    for r, members in items:
-        sample: dict[str, Any] = {"__key__": r["key"], "__url__": url}
-        for off, n, ext in members:
-            sample[ext] = blob[off - start: off - start + n]
-        if "json" in sample and json.loads(sample["json"]).get("key") != r["key"]:
-            raise ValueError(f"{url}: bytes at {r['json_offset']} are not {r['key']}'s json; "
-                             "figures.parquet is stale (run biomedica export)")
-        yield sample
+def _sample(url: str, row: Mapping[str, Any], members: list[tuple[str, bytes]]
+            ) -> dict[str, Any]:
+    return {"__key__": row["key"], "__url__": url, **dict(members)}
 
 
 def stream_rows(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]], *,

@@ -42,7 +42,6 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,10 @@ from biomedica_kit.base.atomic import write_parquet_atomic
 from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.dataset.manifest import read_manifest, write_manifest
 from biomedica_kit.dataset.shards import ShardWriter
-from biomedica_kit.tables.export import META_DIR, connect, quote_ident, sql_literal
+from biomedica_kit.tables.connect import connect
+from biomedica_kit.tables.export import META_DIR
+from biomedica_kit.tables.samples import ROW_COLUMNS, read_samples
+from biomedica_kit.tables.sql import quote_ident, sql_literal
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,9 +66,8 @@ _FORBIDDEN = frozenset({
     "VACUUM",
 })
 # Columns the resharding and the derived report need (those present are selected).
-_ROW_COLUMNS = ("key", "shard", "subset", "image_ext", "image_offset", "image_length",
-                "txt_offset", "txt_length", "json_offset", "json_length", "article_id",
-                "figure_id", "graphic_href", "package", "duplicate_of")
+SELECT_COLUMNS = (*ROW_COLUMNS, "article_id", "figure_id", "graphic_href", "package",
+                  "duplicate_of")
 
 
 class PredicateError(ValueError):
@@ -169,7 +170,7 @@ def select_rows(dataset: str | os.PathLike, where: str | None = None, *,
     con = connect(dataset, read_only=True)
     try:
         have = {r[0] for r in con.execute("DESCRIBE figures").fetchall()}
-        cols = ", ".join(f"f.{quote_ident(c)}" for c in _ROW_COLUMNS if c in have)
+        cols = ", ".join(f"f.{quote_ident(c)}" for c in SELECT_COLUMNS if c in have)
         order = " ORDER BY f.shard, f.image_offset"
         if pred is not None:
             try:
@@ -196,24 +197,13 @@ def select_rows(dataset: str | os.PathLike, where: str | None = None, *,
 def _copy_samples(parent: Path, rows: pa.Table, writers: dict[str, ShardWriter],
                   out: Path, max_samples: int, max_bytes: int) -> None:
     """Copy each selected sample's members, byte for byte, into the subset's writers."""
-    data = rows.select([c for c in rows.column_names if c in _ROW_COLUMNS]).to_pylist()
-    for shard, group in groupby(data, key=lambda r: r["shard"]):
-        with open(parent / shard, "rb") as f:
-            for r in group:
-                spans = sorted((r[f"{m}_offset"], r[f"{m}_length"], ext) for m, ext in (
-                    ("image", r["image_ext"]), ("txt", "txt"), ("json", "json"))
-                    if r[f"{m}_offset"] is not None)
-                # One read covers the sample: its members are adjacent in the parent tar.
-                start = spans[0][0]
-                f.seek(start)
-                blob = f.read(spans[-1][0] + spans[-1][1] - start)
-                members = [(ext, blob[off - start: off - start + n]) for off, n, ext in spans]
-                if any(len(b) != n for (_, b), (_, n, _) in zip(members, spans, strict=True)):
-                    raise OSError(f"{shard}: short read for {r['key']} (metadata stale?)")
-                if r["subset"] not in writers:
-                    writers[r["subset"]] = ShardWriter(out, r["subset"], max_samples=max_samples,
-                                                       max_bytes=max_bytes)
-                writers[r["subset"]].write(r["key"], members)
+    data = rows.select([c for c in rows.column_names if c in ROW_COLUMNS]).to_pylist()
+    # Selection order is kept: read_samples sorts by offset, which is the same order here.
+    for r, members in read_samples(parent, data):
+        if r["subset"] not in writers:
+            writers[r["subset"]] = ShardWriter(out, r["subset"], max_samples=max_samples,
+                                               max_bytes=max_bytes)
+        writers[r["subset"]].write(r["key"], members)
 
 
 def _derive_report(parent: Path, out: Path, rows: pa.Table, detail: str) -> dict | None:
