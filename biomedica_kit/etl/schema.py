@@ -9,7 +9,10 @@ BIOMEDICA shards read ours; docs/schema.md lists the keys whose meaning differs.
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 import re
+from collections import Counter
 from dataclasses import asdict
 
 from biomedica_kit.etl.images import StoredImage
@@ -19,6 +22,9 @@ from biomedica_kit.ingest.sources import PackageRef
 SCHEMA_VERSION = 1
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_NOT_DASHED = re.compile(r"[^A-Za-z0-9-]+")
+_PMCID = re.compile(r"PMC[0-9]+")
+_PMCID_PREFIX = re.compile(r"PMC[0-9]+(?:_|$)")
 
 
 def sanitize_key(s: str) -> str:
@@ -26,10 +32,68 @@ def sanitize_key(s: str) -> str:
     return _UNSAFE.sub("_", s).strip("_") or "x"
 
 
-def sample_key(article_id: str, figure_id: str, graphic_index: int, n_graphics: int) -> str:
-    """``{article}_{figure}`` (+ ``-{n}`` when a figure has several separate images)."""
-    key = f"{sanitize_key(article_id)}_{sanitize_key(figure_id)}"
-    return f"{key}-{graphic_index + 1}" if n_graphics > 1 else key
+def _article_part(article_id: str) -> tuple[str, bool]:
+    """(key part, whether the id can be read back from it) of an article id.
+
+    The part is :func:`sanitize_key` of the id. It is *plain* when the id is recovered from it:
+    a PMCID as is; ``doi_10.NNNN/suffix`` by reading the first ``_`` after the registrant as
+    ``/`` and every other ``_`` as ``.``; any other id (a package or file name) by reading every
+    ``_`` as ``.``, provided it does not look like a PMCID or DOI part. Two different plain ids
+    therefore never share a part.
+    """
+    part = sanitize_key(article_id)
+    if _PMCID.fullmatch(article_id):
+        return part, True
+    if part.startswith("doi_"):
+        head, _, rest = part.removeprefix("doi_10_").partition("_")
+        decoded = f"doi_10.{head}/{rest.replace('_', '.')}" if part.startswith("doi_10_") else ""
+        return part, decoded == article_id and bool(head) and bool(rest)
+    return part, part.replace("_", ".") == article_id and not _PMCID_PREFIX.match(part)
+
+
+def _digest(*fields: object) -> str:
+    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def sample_key(article_id: str, figure_id: str, graphic_index: int, n_graphics: int, *,
+               ordinal: int | None = None) -> str:
+    """``{article}_{figure}`` (+ ``-{n}`` when a figure has several separate images).
+
+    Keys stay as they always were for ordinary ids, and are unique by construction: where the
+    article part is not plain (:func:`_article_part`; e.g. DOIs ``10.5555/a.b`` and
+    ``10.5555/a_b`` both sanitise to ``doi_10_5555_a_b``) the key ends in ``__`` and 16 hex
+    digits of a sha256 of the raw ids, a form a plain key never takes (no ``__``). The figure part
+    never contains ``_`` beside an article part that does (non-PMCID articles write the
+    figure id's dots as ``-``), so the article a plain key belongs to is always readable from it.
+    Collisions inside one article (figure ``F1`` with two graphics beside a figure ``F1-1``,
+    repeated figure ids) are resolved by :func:`sample_keys`, which passes ``ordinal`` (the
+    figure's index) for the keys that would collide.
+    """
+    part, plain = _article_part(article_id)
+    if _PMCID.fullmatch(article_id):
+        fig = sanitize_key(figure_id)
+        plain = plain and "__" not in fig
+    else:
+        fig = _NOT_DASHED.sub("-", figure_id).strip("-") or "x"
+    key = f"{part}_{fig}"
+    if n_graphics > 1:
+        key = f"{key}-{graphic_index + 1}"
+    if plain and ordinal is None:
+        return key
+    number = graphic_index + 1 if n_graphics > 1 else 0
+    return f"{key}__{_digest(article_id, figure_id, number, ordinal)}"
+
+
+def sample_keys(article_id: str, figures: list[Figure]) -> list[list[str]]:
+    """The key of every graphic of every figure of one article (``[figure][graphic]``), unique
+    within the article: keys that :func:`sample_key` would give twice are all made distinct
+    with the figure's index (deterministic: the XML's document order)."""
+    keys = [[sample_key(article_id, f.id, gi, len(f.graphics)) for gi in range(len(f.graphics))]
+            for f in figures]
+    counts = Counter(k for row in keys for k in row)
+    return [[sample_key(article_id, f.id, gi, len(f.graphics), ordinal=fi)
+             if counts[k] > 1 else k for gi, k in enumerate(row)]
+            for fi, (f, row) in enumerate(zip(figures, keys, strict=True))]
 
 
 def article_fields(article: Article, ref: PackageRef) -> dict:

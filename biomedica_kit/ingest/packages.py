@@ -59,6 +59,51 @@ def package_stem(path: str | os.PathLike) -> str:
     return name
 
 
+def _holds_xml(folder: Path) -> bool:
+    return any(f.is_file() and f.suffix.lower() in XML_EXTS for f in folder.rglob("*"))
+
+
+def _is_package_entry(p: Path) -> bool:
+    low = p.name.lower()
+    if p.name.startswith("."):
+        return False
+    if p.is_file():
+        return low.endswith(ARCHIVE_SUFFIXES) or low.endswith(XML_EXTS)
+    return p.is_dir() and _holds_xml(p)
+
+
+def is_container(folder: str | os.PathLike) -> bool:
+    """Whether a folder is a folder *of packages* rather than one package.
+
+    It is when it holds no XML file at its top and two or more of its entries are packages
+    (archives, XML files, or folders holding XML), or its one such entry is a container:
+    ``ccby/articles/<id>/`` is fourteen packages, while ``PMC1/`` (XML at its top) or
+    ``PMC1/PMC1/x.nxml`` (one folder) is one.
+    """
+    d = Path(folder)
+    if not d.is_dir() or d.is_symlink():
+        return False
+    kids = sorted(d.iterdir(), key=lambda p: p.name)
+    if any(k.is_file() and k.suffix.lower() in XML_EXTS for k in kids):
+        return False
+    found = [k for k in kids if _is_package_entry(k)]
+    # One folder of packages, wrapped (``ccby/articles/``): the wrapper is a container too.
+    return len(found) >= 2 or (len(found) == 1 and found[0].is_dir() and is_container(found[0]))
+
+
+def expand_containers(entries: list[Path], *, max_depth: int = 4) -> list[Path]:
+    """Source-folder entries with every container folder (:func:`is_container`) replaced by its
+    entries, recursively up to ``max_depth`` levels, each level in name order."""
+    out: list[Path] = []
+    for p in entries:
+        if max_depth > 0 and is_container(p):
+            out += expand_containers(sorted(p.iterdir(), key=lambda x: x.name),
+                                     max_depth=max_depth - 1)
+        else:
+            out.append(p)
+    return out
+
+
 def read_package(path: str | os.PathLike, limits: PackageLimits | None = None) -> Package:
     """Read a package from disk: an archive file, a folder, or a single XML file."""
     limits = limits or PackageLimits()
