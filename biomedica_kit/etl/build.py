@@ -38,7 +38,7 @@ from biomedica_kit.etl.images import ImagePolicy, ImageRejected, process_image
 from biomedica_kit.etl.jats import JatsError, parse_jats
 from biomedica_kit.etl.ledger import DatasetState, PackageRecord, records_table_rows
 from biomedica_kit.etl.pubmed import load_cached, sample_fields
-from biomedica_kit.etl.schema import article_fields, sample_key, sample_record
+from biomedica_kit.etl.schema import article_fields, sample_keys, sample_record
 from biomedica_kit.ingest.packages import (
     PackageError,
     PackageLimits,
@@ -193,6 +193,7 @@ def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
                       "detail": detail, "package": ref.name})
 
     pending = []
+    keys = sample_keys(art.id, art.figures)  # unique within the article by construction
     for fi, fig in enumerate(art.figures):
         if not fig.graphics:
             n_images += 1
@@ -200,7 +201,7 @@ def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
             continue
         for gi, g in enumerate(fig.graphics):
             n_images += 1
-            key = sample_key(art.id, fig.id, gi, len(fig.graphics))
+            key = keys[fi][gi]
             image_set.append({"image_id": key, "image_file_name": g.file or g.href,
                               "caption": fig.caption, "image_hash": None})
             if not fig.caption.strip():

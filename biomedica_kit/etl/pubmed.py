@@ -17,6 +17,7 @@ from typing import Any
 
 from lxml import etree
 
+from biomedica_kit.base.xml import hardened_parser
 from biomedica_kit.etl.mesh import mesh_rollup
 from biomedica_kit.ingest.entrez_cache import EntrezCache, normalise_pmids
 
@@ -40,14 +41,7 @@ def safe_parser() -> etree.XMLParser:
     """
     parser = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = etree.XMLParser(
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            remove_comments=True,
-            remove_pis=True,
-        )
-        _parsers.parser = parser
+        parser = _parsers.parser = hardened_parser()
     return parser
 
 
