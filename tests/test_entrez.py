@@ -19,8 +19,8 @@ import pytest
 from eutils_server import EutilsServer, load_corpus_records
 from lxml import etree
 
-from biomedica_kit.base.http import RateLimiter
 from biomedica_kit.base import atomic
+from biomedica_kit.base.http import RateLimiter
 from biomedica_kit.enrich import efetch as entrez
 from biomedica_kit.enrich.efetch import fetch_pubmed
 from biomedica_kit.enrich.table import entrez_table, write_entrez_parquet

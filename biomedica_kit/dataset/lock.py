@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["DatasetLocked", "dataset_lock", "WRITER_FILE"]
+from biomedica_kit.base.atomic import sweep_temporaries
+
+__all__ = ["SWEPT", "WRITER_FILE", "DatasetLocked", "dataset_lock"]
 
 WRITER_FILE = ".writer.json"
 _held: dict[str, int] = {}  # realpath -> depth, in this process
@@ -38,9 +40,23 @@ def _holder(root: Path) -> str:
         return ""
 
 
+#: Folders whose temporaries a new writer sweeps (not cache/: millions of files, own naming).
+SWEPT = ("shards", "report", "versions", "metadata", "labels", "ledger", "views", "subset")
+
+
+def _sweep(root: Path) -> None:
+    """Remove temporaries left by dead writers: holding the lock, no live writer owns one."""
+    sweep_temporaries(root, recursive=False)
+    for name in SWEPT:
+        sweep_temporaries(root / name)
+
+
 @contextmanager
 def dataset_lock(root: str | os.PathLike[str], command: str = "a command") -> Iterator[None]:
-    """Hold the dataset's exclusive writer lock, or raise :class:`DatasetLocked` at once."""
+    """Hold the dataset's exclusive writer lock, or raise :class:`DatasetLocked` at once.
+
+    On taking it, temporary files left by dead processes (a kill -9 mid-write) are removed.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(root)
@@ -66,6 +82,7 @@ def dataset_lock(root: str | os.PathLike[str], command: str = "a command") -> It
                                 f"wait for it to finish") from None
         with _guard:
             _held[key] = 1
+        _sweep(root)
         info = {"command": command, "pid": os.getpid(),
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         # Informational only: failing to write it must not stop the writer (the flock counts).

@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biomedica_kit.base.atomic import write_parquet_atomic
+from biomedica_kit.base.atomic import is_temporary, write_parquet_atomic
 from biomedica_kit.dataset.licenses import CATEGORIES
-from biomedica_kit.dataset.manifest import read_manifest, write_manifest
+from biomedica_kit.dataset.lock import WRITER_FILE, dataset_lock
+from biomedica_kit.dataset.manifest import MANIFEST, read_manifest, write_manifest
 from biomedica_kit.dataset.shards import ShardWriter
 from biomedica_kit.tables.connect import connect
 from biomedica_kit.tables.export import META_DIR
@@ -272,17 +273,55 @@ def subset(dataset: str | os.PathLike, where: str | None, out: str | os.PathLike
     """Write the samples selected by ``where`` (or ``keys``) as a new dataset at ``out``.
 
     Shard size limits default to the parent's. The parent's metadata is exported first (a
-    no-op when current). Raises PredicateError for a refused or failing predicate,
-    FileExistsError when ``out`` already holds a dataset (the parent included).
+    no-op when current). ``out`` is written under its dataset lock (a second subset into the
+    same folder is refused); what an interrupted subset left there is removed first. Raises
+    PredicateError for a refused or failing predicate, FileExistsError when ``out`` already
+    holds a dataset (the parent included) or files that are not a subset's.
     """
+    parent, out = Path(dataset), Path(out)
+    if where is not None:
+        where = validate_predicate(where)  # refuse before touching anything
+    if (out / MANIFEST).exists():
+        raise FileExistsError(f"{out} already holds a dataset; choose a new --out")
+    with dataset_lock(out, "subset"):
+        if (out / MANIFEST).exists():  # finished by another process while we waited
+            raise FileExistsError(f"{out} already holds a dataset; choose a new --out")
+        _clear_interrupted(out)
+        return _subset(parent, where, out, keys=keys, params=params,
+                       shard_max_samples=shard_max_samples, shard_max_bytes=shard_max_bytes)
+
+
+#: What a subset writes into its folder before the manifest makes it a dataset.
+_OWN_ENTRIES = frozenset({"shards", "report", "versions", "metadata", DECISION_FILE.split("/")[0],
+                          WRITER_FILE})
+
+
+def _clear_interrupted(out: Path) -> None:
+    """Remove what an interrupted subset left in ``out`` (no manifest yet: nothing there is
+    a dataset); refuse a folder holding anything a subset does not write."""
+    import shutil
+
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in _OWN_ENTRIES and not is_temporary(p))
+    if foreign:
+        raise FileExistsError(f"{out} is not empty ({', '.join(foreign[:5])}); "
+                              f"choose a new or empty --out")
+    for p in out.iterdir():
+        if p.name == WRITER_FILE:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _subset(parent: Path, where: str | None, out: Path, *,
+            keys: str | os.PathLike | Iterable[str] | None,
+            params: Sequence[Any] | dict[str, Any] | None,
+            shard_max_samples: int | None, shard_max_bytes: int | None) -> SubsetSummary:
     import pyarrow as pa
 
     t0 = time.perf_counter()
-    parent, out = Path(dataset), Path(out)
-    if (out / "manifest.json").exists():
-        raise FileExistsError(f"{out} already holds a dataset; choose a new --out")
-    if where is not None:
-        where = validate_predicate(where)  # refuse before touching anything
     manifest = read_manifest(parent)
     rows = select_rows(parent, where, keys=keys, params=params)
     keys_file = str(keys) if isinstance(keys, (str, os.PathLike)) else None
