@@ -93,3 +93,6 @@ def corpus_dataset(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "ds"
     build(corpus, out, workers=1, progress=False, config=BuildConfig(shard_max_samples=2))
     return out
+
+
+pytest_plugins = ["pubmed_corpus"]

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from biomedica_kit.base.atomic import is_temporary, write_parquet_atomic
 from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.dataset.lock import WRITER_FILE, dataset_lock
-from biomedica_kit.dataset.manifest import MANIFEST, read_manifest, write_manifest
+from biomedica_kit.dataset.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from biomedica_kit.dataset.shards import ShardWriter
 from biomedica_kit.tables.connect import connect
 from biomedica_kit.tables.export import META_DIR
@@ -278,17 +278,22 @@ def subset(dataset: str | os.PathLike, where: str | None, out: str | os.PathLike
     PredicateError for a refused or failing predicate, FileExistsError when ``out`` already
     holds a dataset (the parent included) or files that are not a subset's.
     """
+    t0 = time.perf_counter()
     parent, out = Path(dataset), Path(out)
     if where is not None:
         where = validate_predicate(where)  # refuse before touching anything
     if (out / MANIFEST).exists():
         raise FileExistsError(f"{out} already holds a dataset; choose a new --out")
+    # Select before creating OUT: a failing predicate or keys file leaves nothing behind.
+    manifest = read_manifest(parent)
+    rows = select_rows(parent, where, keys=keys, params=params)
     with dataset_lock(out, "subset"):
-        if (out / MANIFEST).exists():  # finished by another process while we waited
+        if (out / MANIFEST).exists():  # finished by another process meanwhile
             raise FileExistsError(f"{out} already holds a dataset; choose a new --out")
         _clear_interrupted(out)
-        return _subset(parent, where, out, keys=keys, params=params,
-                       shard_max_samples=shard_max_samples, shard_max_bytes=shard_max_bytes)
+        return _subset(parent, manifest, rows, where, out, keys=keys, params=params,
+                       shard_max_samples=shard_max_samples, shard_max_bytes=shard_max_bytes,
+                       started=t0)
 
 
 #: What a subset writes into its folder before the manifest makes it a dataset.
@@ -315,15 +320,14 @@ def _clear_interrupted(out: Path) -> None:
             p.unlink()
 
 
-def _subset(parent: Path, where: str | None, out: Path, *,
+def _subset(parent: Path, manifest: Manifest, rows: pa.Table, where: str | None, out: Path, *,
             keys: str | os.PathLike | Iterable[str] | None,
             params: Sequence[Any] | dict[str, Any] | None,
-            shard_max_samples: int | None, shard_max_bytes: int | None) -> SubsetSummary:
+            shard_max_samples: int | None, shard_max_bytes: int | None,
+            started: float) -> SubsetSummary:
     import pyarrow as pa
 
-    t0 = time.perf_counter()
-    manifest = read_manifest(parent)
-    rows = select_rows(parent, where, keys=keys, params=params)
+    t0 = started
     keys_file = str(keys) if isinstance(keys, (str, os.PathLike)) else None
     selection = {"dataset": str(parent.resolve()), "dataset_version": manifest["dataset_version"],
                  "predicate": where, "params": json.loads(json.dumps(params, default=str)),
