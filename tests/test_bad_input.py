@@ -4,6 +4,7 @@ reason, the run goes on, counts reconcile, and no shard is left half-written."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
 import tarfile
@@ -67,6 +68,21 @@ CASES: dict[str, tuple[Callable[[dict], dict], str, str | None, str | None]] = {
                     "failed", "xml_entities", None),
     "external_entity": (lambda m: {**m, XML: with_doctype(
         m[XML], '<!ENTITY e SYSTEM "file:///etc/passwd">')}, "failed", "xml_entities", None),
+    # Declared, never referenced: still refused (its text could only come from outside).
+    "external_entity_unreferenced": (lambda m: {**m, XML: with_doctype(
+        m[XML], '<!ENTITY e "x"><!ENTITY leak SYSTEM "http://127.0.0.1:9/x">')},
+        "failed", "xml_entities", None),
+    "external_parameter_entity": (lambda m: {**m, XML: with_doctype(
+        m[XML], '<!ENTITY e "x"><!ENTITY % p SYSTEM "file:///etc/passwd"> %p;')},
+        "failed", "xml_entities", None),
+    "entity_loop": (lambda m: {**m, XML: with_doctype(
+        m[XML], '<!ENTITY e "&f;"><!ENTITY f "&e;">')}, "failed", "xml_entities", None),
+    # One 100 kB entity referenced 300 times: 30 MB from a 0.2 MB file (quadratic blow-up).
+    "entity_blowup": (lambda m: {**m, XML: with_doctype(
+        m[XML], '<!ENTITY e "' + "x" * 100_000 + '">').replace(
+            b"&e;", b"&e;" * 300, 1)}, "failed", "xml_entities", None),
+    "markup_entity": (lambda m: {**m, XML: with_doctype(
+        m[XML], '<!ENTITY e "<bold>x</bold>">')}, "failed", "xml_entities", None),
     "zero_size_image": (lambda m: {**m, JPG: b""}, "ok", None, "empty_image"),
     "corrupt_image": (lambda m: {**m, JPG: m[JPG][:3000]}, "ok", None, "decode_error"),
     "garbage_image": (lambda m: {**m, JPG: m[XML][:4000]}, "ok", None, "decode_error"),
@@ -94,6 +110,37 @@ def test_bad_package_is_recorded(case, corpus, tmp_path):
     res = verify(out)
     assert res.ok, res.errors
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_internal_character_entities_are_accepted(corpus, tmp_path):
+    # An internal DTD subset declaring character entities, as older PLOS/NLM files have:
+    # accepted and expanded (bounded), the article builds as usual.
+    src = tmp_path / "src"
+    src.mkdir()
+    subset = '<!ENTITY delta "&#916;"><!ENTITY e "&delta;-&#x3b1;">'
+    make_tar(src / f"{PKG}.tar.gz", PKG,
+             {**real_members(corpus), XML: with_doctype(real_members(corpus)[XML], subset)})
+    s = build(src, tmp_path / "ds", workers=1, progress=False)
+    (row,) = pq.read_table(tmp_path / "ds" / "report" / "articles.parquet").to_pylist()
+    assert (row["status"], row["reason"], s.samples) == ("ok", None, 1)
+    from biomedica_kit.dataset.shards import iter_samples
+
+    ((_, g),) = list(iter_samples(next((tmp_path / "ds/shards").rglob("*.tar"))))
+    assert json.loads(g["json"])["title"].startswith(
+        "\u0394-\u03b1Deciphering the tomato phosphate starvation response")
+
+
+@pytest.mark.parametrize(("subset", "detail"), [
+    (BILLION_LAUGHS, "amplification"),
+    ('<!ENTITY e SYSTEM "file:///etc/passwd">', "external entity 'e'"),
+    ('<!ENTITY e "<b>x</b>">', "holds markup"),
+])
+def test_entity_refusals_say_why(corpus, subset, detail):
+    from biomedica_kit.base.xml import XmlRefused, parse_bytes
+
+    with pytest.raises(XmlRefused) as exc:
+        parse_bytes(with_doctype(real_members(corpus)[XML], subset))
+    assert exc.value.reason == "xml_entities" and detail in exc.value.detail
 
 
 def test_truncated_archive(corpus, tmp_path):
