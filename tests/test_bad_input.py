@@ -234,7 +234,7 @@ def test_interrupted_writer_leaves_no_partial_shard(corpus, tmp_path, monkeypatc
 
 
 def test_unexpected_error_fails_only_that_package(corpus, tmp_path, monkeypatch):
-    import biomedica_kit.etl.build as b
+    import biomedica_kit.etl.worker as b
 
     real = b.parse_jats
 

@@ -26,13 +26,15 @@ rewritten without them (under new names; older versions keep the old files).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from biomedica_kit.base.atomic import TMP_PREFIX, atomic_write_bytes
 from biomedica_kit.dataset.manifest import MANIFEST, read_manifest
 from biomedica_kit.dataset.shards import SHARD_NAME, untagged
+from biomedica_kit.ingest.sources import PackageRef
 
 LEDGER_DIR = "ledger"
 #: Columns of report/packages.parquet (one row per package record).
@@ -40,6 +42,25 @@ PACKAGE_COLUMNS = ("id", "name", "file", "last_updated", "size", "mtime_ns", "sh
                    "reason", "pmcid", "pmid", "citation", "license")
 #: Columns of report/samples.parquet: where every sample lies, and the global sha index.
 SAMPLE_COLUMNS = ("key", "image_sha256", "subset", "shard", "duplicate_of", "package_id")
+
+
+class SampleRow(NamedTuple):
+    """Where one sample of a package lies (a row of report/samples.parquet, less package_id).
+
+    A tuple, so a checkpoint stores it as a JSON list and 24M of them stay small in memory.
+    """
+
+    key: str
+    image_sha256: str
+    subset: str
+    shard: str
+    #: The key of the first sample with the same image bytes, None for that first one.
+    duplicate_of: str | None = None
+
+
+def file_list_row(r: PackageRef | PackageRecord) -> tuple:
+    """The file-list fields that end up in samples: a change in any of them rebuilds them."""
+    return r.last_updated, r.license, r.citation, r.pmcid, r.pmid
 
 
 @dataclass
@@ -67,8 +88,12 @@ class PackageRecord:
     license: str | None = None
     articles: list[dict] = field(default_factory=list)
     skips: list[dict] = field(default_factory=list)
-    #: [key, image_sha256, subset, shard, duplicate_of] per sample, in shard order.
-    samples: list[list] = field(default_factory=list)
+    #: Every sample of the package, in shard order.
+    samples: list[SampleRow] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Checkpoints store sample rows as JSON lists.
+        self.samples = [s if isinstance(s, SampleRow) else SampleRow(*s) for s in self.samples]
 
     def meta(self) -> dict:
         """The packages.parquet row."""
@@ -123,7 +148,7 @@ class DatasetState:
         for row in pq.read_table(rep / "samples.parquet").to_pylist():
             rec = self.records.get(row["package_id"])
             if rec is not None:
-                rec.samples.append([row[c] for c in SAMPLE_COLUMNS[:-1]])
+                rec.samples.append(SampleRow(*(row[c] for c in SampleRow._fields)))
 
     def _built_from(self) -> str | None:
         """The source of the last build, looking through later versions (e.g. a label change
@@ -145,9 +170,9 @@ class DatasetState:
         """
         current = {untagged(p): p for p in self.shards}
         for rec in self.records.values():
-            for s in rec.samples:
-                if s[3] not in self.shards:
-                    s[3] = current.get(untagged(s[3]), s[3])
+            rec.samples = [s if s.shard in self.shards
+                           else s._replace(shard=current.get(untagged(s.shard), s.shard))
+                           for s in rec.samples]
 
     @property
     def exists(self) -> bool:
@@ -170,8 +195,8 @@ class DatasetState:
         """Make ``rec`` the package's record; retire the samples of the one it replaces."""
         old = self.records.pop(rec.id, None)
         if old is not None:
-            kept = {(s[3], s[0]) for s in rec.samples}
-            self.retired |= {(s[3], s[0]) for s in old.samples} - kept
+            kept = {(s.shard, s.key) for s in rec.samples}
+            self.retired |= {(s.shard, s.key) for s in old.samples} - kept
         self.records[rec.id] = rec
         return old
 
@@ -182,12 +207,12 @@ class DatasetState:
             self.shards.pop(p, None)
         for s in ev["add"]:
             self.shards[s["path"]] = s
-        self.retired = {r for r in self.retired if r[0] not in removed}
+        self.retired = {(shard, key) for shard, key in self.retired if shard not in removed}
         moved = {(o, k): n for o, k, n in ev["moved"]}
         if moved:
             for rec in self.records.values():
-                for s in rec.samples:
-                    s[3] = moved.get((s[3], s[0]), s[3])
+                rec.samples = [s._replace(shard=moved.get((s.shard, s.key), s.shard))
+                               for s in rec.samples]
 
     # ------------------------------------------------------------------------- writing
 
@@ -249,20 +274,14 @@ class DatasetState:
                     removed.append(rel)
         return removed
 
-    def samples_in(self, shard: str) -> Iterator[tuple[PackageRecord, list]]:
-        """(record, sample row) for every recorded sample in ``shard``."""
-        for rec in self.records.values():
-            for s in rec.samples:
-                if s[3] == shard:
-                    yield rec, s
 
-
-def records_table_rows(records: Iterable[PackageRecord]):
+def records_table_rows(records: Iterable[PackageRecord]
+                       ) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """Flatten records into (articles, skips, samples, packages) row lists for report/."""
     arts, skips, samples, pkgs = [], [], [], []
     for rec in records:
         pkgs.append(rec.meta())
         arts += [{**a, "package_id": rec.id} for a in rec.articles]
         skips += [{**s, "package_id": rec.id} for s in rec.skips]
-        samples += [dict(zip(SAMPLE_COLUMNS, [*s, rec.id], strict=True)) for s in rec.samples]
+        samples += [{**s._asdict(), "package_id": rec.id} for s in rec.samples]
     return arts, skips, samples, pkgs

@@ -81,6 +81,19 @@ class FetchPolicy:
     chunk: int = 1 << 20
     user_agent: str = "biomedica-kit/0.1 (PMC OA bulk download)"
 
+    def __post_init__(self) -> None:
+        for name, low in (("rate", 0), ("retries", 0), ("backoff", 0), ("threads", 1),
+                          ("chunk", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"fetch {name} must be at least {low}, got "
+                                 f"{getattr(self, name)}")
+        for name in ("connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"fetch {name} must be more than 0 seconds, got "
+                                 f"{getattr(self, name)}")
+        if self.max_backoff < self.backoff:
+            raise ValueError(f"fetch max_backoff {self.max_backoff} < backoff {self.backoff}")
+
 
 @dataclass
 class FetchStats:

@@ -13,13 +13,15 @@ publication year from the citation, PMCIDs, a limit) before anything is download
 from __future__ import annotations
 
 import csv
+import datetime
 import hashlib
 import io
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from biomedica_kit.dataset.licenses import CATEGORIES, category_of, license_code
 from biomedica_kit.ingest.packages import ARCHIVE_SUFFIXES, XML_EXTS, package_stem
@@ -132,13 +134,29 @@ def write_file_list(rows: list[dict[str, str]], path: Path) -> None:
             w.writerow(r)
 
 
+def unsafe_file_path(rel: str) -> bool:
+    """Whether a file list's ``File`` value could name a file outside the mirror: absolute,
+    with a ``..`` part, or empty."""
+    pp = PurePosixPath(rel.replace("\\", "/"))
+    return pp.is_absolute() or ".." in pp.parts or not pp.parts or bool(PureWindowsPath(rel).drive)
+
+
 def refs_from_file_list(rows: Iterable[dict[str, str]], base: str) -> Iterator[PackageRef]:
-    """PackageRefs for file-list rows of a mirror at ``base`` (a folder or a URL)."""
+    """PackageRefs for file-list rows of a mirror at ``base`` (a folder or a URL).
+
+    A row whose ``File`` points outside a local ``base`` (:func:`unsafe_file_path`) is not
+    read: its ref carries the failure ``unsafe_path`` (as a remote source's download does).
+    """
     remote = is_remote(base)
     for row in rows:
         rel = row["File"]
-        loc = base.rstrip("/") + "/" + rel.lstrip("/") if remote else str(Path(base) / rel)
-        yield ref_from_row(row, loc)
+        if remote:
+            yield ref_from_row(row, base.rstrip("/") + "/" + rel.lstrip("/"))
+        elif unsafe_file_path(rel):
+            yield replace(ref_from_row(row, rel), failure=f"unsafe_path: file list path "
+                                                          f"{rel!r} is outside {base}")
+        else:
+            yield ref_from_row(row, str(Path(base) / rel))
 
 
 # ------------------------------------------------------------------------------ selection
@@ -185,18 +203,34 @@ def parse_pmcids(value: str | os.PathLike | Iterable[str]) -> frozenset[str]:
     return frozenset(ids)
 
 
-def _timestamp(value: str, end: bool) -> str:
-    """A ``--since``/``--until`` bound as a comparable ``YYYY-MM-DD HH:MM:SS`` string."""
+#: The forms of a ``--since``/``--until`` bound, and what completes each as a start / an end.
+_DATE_FORMS = (("%Y", "-01-01 00:00:00", "-12-31 23:59:59"),
+               ("%Y-%m", "-01 00:00:00", "-31 23:59:59"),
+               ("%Y-%m-%d", " 00:00:00", " 23:59:59"),
+               ("%Y-%m-%d %H:%M", ":00", ":59"),
+               ("%Y-%m-%d %H:%M:%S", "", ""))
+
+
+def parse_date_bound(value: str, *, end: bool = False) -> str:
+    """A ``--since`` (``end=False``) or ``--until`` bound as a comparable
+    ``YYYY-MM-DD HH:MM:SS`` string: ``2024`` -> ``2024-01-01 00:00:00`` as a start,
+    ``2024-12-31 23:59:59`` as an end. Raises ValueError for anything that is not a real date
+    in one of the forms ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD``, ``YYYY-MM-DD HH:MM[:SS]``.
+    """
     v = value.strip().replace("T", " ")
-    if re.fullmatch(r"\d{4}", v):
-        v += "-12-31" if end else "-01-01"
-    if re.fullmatch(r"\d{4}-\d{2}", v):
-        v += "-31" if end else "-01"
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-        v += " 23:59:59" if end else " 00:00:00"
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?", v):
-        raise ValueError(f"not a date: {value!r} (use YYYY, YYYY-MM, YYYY-MM-DD[ HH:MM:SS])")
-    return v if len(v) == 19 else v + (":59" if end else ":00")
+    for form, start_pad, end_pad in _DATE_FORMS:
+        # strptime alone would accept "2024-1-5"; the length pins the zero-padded form.
+        if len(v) != len(datetime.datetime(2000, 1, 1).strftime(form)):
+            continue
+        try:
+            datetime.datetime.strptime(v, form)
+        except ValueError:
+            continue
+        # An end bound like 2024-02 becomes 2024-02-31: not a real day, but a correct upper
+        # bound for string comparison with real timestamps.
+        return v + (end_pad if end else start_pad)
+    raise ValueError(f"not a date: {value!r} (use YYYY, YYYY-MM, YYYY-MM-DD or "
+                     "YYYY-MM-DD HH:MM[:SS], a real date)")
 
 
 @dataclass(frozen=True)
@@ -227,9 +261,9 @@ class Selection:
                 raise ValueError(f"unknown licence categories {sorted(bad)}; use {CATEGORIES}")
         # Normalise the bounds once, so matching is a plain string comparison.
         if self.since:
-            object.__setattr__(self, "since", _timestamp(self.since, end=False))
+            object.__setattr__(self, "since", parse_date_bound(self.since))
         if self.until:
-            object.__setattr__(self, "until", _timestamp(self.until, end=True))
+            object.__setattr__(self, "until", parse_date_bound(self.until, end=True))
         if self.limit is not None and self.limit < 0:
             raise ValueError("limit must be >= 0")
 
@@ -269,6 +303,23 @@ class Selection:
                     break
         return out
 
+    def describe(self) -> str:
+        """The criteria in words, e.g. ``licence commercial, Last Updated >= 2024-01-01``."""
+        parts = []
+        if self.licenses is not None:
+            parts.append("licence " + ",".join(sorted(self.licenses)))
+        if self.since:
+            parts.append(f"Last Updated >= {self.since}")
+        if self.until:
+            parts.append(f"Last Updated <= {self.until}")
+        if self.years is not None:
+            parts.append(f"publication years {self.years[0]}-{self.years[1]}")
+        if self.pmcids is not None:
+            parts.append(f"{len(self.pmcids)} PMCIDs")
+        if self.limit is not None:
+            parts.append(f"limit {self.limit}")
+        return ", ".join(parts) or "everything"
+
     def to_dict(self) -> dict:
         """JSON form, recorded with each build."""
         return {
@@ -287,6 +338,8 @@ def parse_years(value: str) -> tuple[int, int]:
         raise ValueError(f"not a year range: {value!r} (use 2015-2020, 2015-, -2020 or 2018)")
     lo = int(m.group(1)) if m.group(1) else 0
     hi = int(m.group(3)) if m.group(3) else (9999 if m.group(2) else lo)
+    if lo > hi:
+        raise ValueError(f"empty year range: {value!r} ({lo} > {hi})")
     return lo, hi
 
 
@@ -331,6 +384,34 @@ def discover_local(source: str | os.PathLike, file_list: str | os.PathLike | Non
         else:
             dupes.append(PackageRef(ref.name, ref.location, duplicate_of=prev.location))
     return sorted([*refs.values(), *dupes], key=lambda r: (r.name, r.duplicate_of or ""))
+
+
+def describe_folder(source: str | os.PathLike, file_list: str | os.PathLike | None = None, *,
+                    limit: int = 100_000) -> str:
+    """What a source folder without packages holds, for the message that says so: e.g.
+    ``found 185 .jpg and 1 .jsonl (186 files), no JATS/nXML article or package archive``.
+
+    Counts files by extension, looking at ``limit`` entries at most.
+    """
+    src = Path(source)
+    fl = Path(file_list) if file_list else src / FILE_LIST
+    if fl.is_file():
+        return f"its file list {fl} has no rows"
+    counts: Counter[str] = Counter()
+    for i, f in enumerate(src.rglob("*")):
+        if i >= limit:
+            break
+        if f.is_file():
+            counts[f.suffix.lower() or "(no extension)"] += 1
+    wanted = (f"no JATS/nXML article ({', '.join(XML_EXTS)}) or package archive "
+              f"({', '.join(ARCHIVE_SUFFIXES)})")
+    if not counts:
+        return f"the folder is empty: {wanted}"
+    kinds = [f"{n} {ext}" for ext, n in counts.most_common(5)]
+    more = len(counts) - len(kinds)
+    listed = (", ".join(kinds[:-1]) + " and " + kinds[-1] if len(kinds) > 1 else kinds[0])
+    return (f"found {listed}" + (f" and {more} other kinds" if more else "")
+            + f" ({sum(counts.values())} files), {wanted}")
 
 
 def stat_package(path: str | os.PathLike) -> tuple[int, int] | None:
