@@ -194,9 +194,9 @@ def test_cli_build_and_verify_on_bundled_sample(tmp_path):
     res = runner.invoke(main, ["build", "--source", str(SAMPLE), "--out", str(out), "--quiet",
                                "--workers", "1"])
     assert res.exit_code == 0, res.output
-    assert "reconciles: 64 images = 8 samples + 56 skips -> yes" in res.output
+    assert "reconciles: 155 images = 97 samples + 58 skips -> yes" in res.output
     res = runner.invoke(main, ["verify", str(out)])
-    assert res.exit_code == 0 and res.output.startswith("OK: 1 shards, 8 samples")
+    assert res.exit_code == 0 and res.output.startswith("OK: 1 shards, 97 samples")
     # Tamper with a shard: verify must now fail.
     shard = next((out / "shards").rglob("*.tar"))
     data = bytearray(shard.read_bytes())

@@ -21,8 +21,9 @@ from PIL import Image
 from biomedica_kit.dataset.shards import iter_samples
 from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import build
+from biomedica_kit.etl.graphics import IMAGE_EXT_PREFERENCE
 from biomedica_kit.etl.jats import parse_jats
-from biomedica_kit.ingest.packages import expand_containers, is_container
+from biomedica_kit.ingest.packages import IMAGE_EXTS, expand_containers, is_container
 
 CCBY = SHARED / "corpus" / "ccby"
 ARTICLES = CCBY / "articles"
@@ -143,6 +144,10 @@ def test_a_folder_of_article_folders_is_a_container():
     assert dirs == sorted(EXPECTED)
     pmc = SHARED / "corpus" / "pmc_oa"
     assert not is_container(pmc / "PMC12419688")  # a package folder: XML at its top
+
+
+def test_packages_read_every_image_the_etl_can_choose():
+    assert sorted(IMAGE_EXTS) == sorted(IMAGE_EXT_PREFERENCE)
 
 
 def _copy(name: str, dest: Path) -> Path:

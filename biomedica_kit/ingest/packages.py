@@ -16,10 +16,12 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from biomedica_kit.etl.jats import IMAGE_EXT_PREFERENCE
-
 XML_EXTS = (".nxml", ".xml")
-WANTED_EXTS = XML_EXTS + IMAGE_EXT_PREFERENCE
+#: Image members read from a package (lower-cased extensions), PLOS renditions included; the
+#: ETL's preference among them is ``biomedica_kit.etl.graphics.IMAGE_EXT_PREFERENCE``.
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif",
+              ".png_l", ".png_m", ".png_i", ".png_s")
+WANTED_EXTS = XML_EXTS + IMAGE_EXTS
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
