@@ -31,6 +31,7 @@ from __future__ import annotations
 import html.entities
 import re
 import threading
+from typing import Any
 
 from lxml import etree
 
@@ -126,12 +127,12 @@ def expand_entities(root: etree._Element, *, budget: int = MIN_EXPANSION) -> Non
     dtd = root.getroottree().docinfo.internalDTD
     declared: dict[str, str] = {}
     if dtd is not None:
-        for e in dtd.iterentities():
+        for e in dtd.iterentities():  # type: ignore[attr-defined]  # lxml's stubs lack it
             if e.system_url is not None:
                 raise XmlRefused("xml_entities", f"external entity {e.name!r} declared "
                                                  f"({e.system_url!r}); refused")
             declared.setdefault(e.name, e.content or "")
-    nodes = list(root.iter(etree.Entity))
+    nodes: list[Any] = list(root.iter(etree.Entity))  # _Entity nodes: .name, .tail
     if not nodes:
         return
     lengths: dict[str, int] = {}

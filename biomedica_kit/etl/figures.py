@@ -13,7 +13,7 @@ from lxml import etree
 from biomedica_kit.etl.article import Figure, Graphic
 from biomedica_kit.etl.graphics import FileIndex, choose_graphic, href_of, is_thumbnail
 from biomedica_kit.etl.inline_refs import citations
-from biomedica_kit.etl.jats_text import element_text, inside
+from biomedica_kit.etl.jats_text import element_text, elements, inside
 
 _FIG_XPATH = ".//fig | .//table-wrap"
 _NOT_FIGURE_IMAGE = {"disp-formula", "inline-formula", "chem-struct", "caption"}
@@ -24,7 +24,7 @@ def figures(article: etree._Element, files: FileIndex) -> list[Figure]:
     cites = citations(article)
     figs: list[Figure] = []
     main_hrefs: set[str] = set()
-    for el in article.xpath(_FIG_XPATH):
+    for el in elements(article, _FIG_XPATH):
         sub = _enclosing_sub_article(el, article)
         if sub is not None and sub.get("article-type") == "translation":
             continue  # a translation repeats the main article's figures
@@ -37,11 +37,13 @@ def figures(article: etree._Element, files: FileIndex) -> list[Figure]:
             main_hrefs |= hrefs
         elif hrefs and hrefs <= main_hrefs:
             continue  # a review quoting a main figure
-        fid = el.get("id") or f"{kind}{len(figs) + 1}"
+        fid: str = el.get("id") or f"{kind}{len(figs) + 1}"
         caption_el = el.find("caption")
         title = element_text(caption_el.find("title")) if caption_el is not None else None
         caption = element_text(caption_el) if caption_el is not None else ""
-        group = el.getparent() if el.getparent().tag == "fig-group" else None
+        parent = el.getparent()
+        group = parent if parent is not None and parent.tag == "fig-group" else None
+        group_id = group.get("id") if group is not None else None
         if not caption and group is not None and group.find("caption") is not None:
             caption = element_text(group.find("caption"))
         figs.append(Figure(
@@ -51,9 +53,8 @@ def figures(article: etree._Element, files: FileIndex) -> list[Figure]:
             caption_title=title or None,
             kind=kind,
             graphics=graphics,
-            inline_refs=cites.get(fid, []) + (
-                cites.get(group.get("id"), []) if group is not None and group.get("id") else []),
-            group_id=group.get("id") if group is not None else None,
+            inline_refs=cites.get(fid, []) + (cites.get(group_id, []) if group_id else []),
+            group_id=group_id,
             sub_article=(sub.get("id") or sub.get("article-type")) if sub is not None else None,
         ))
     return figs
@@ -78,7 +79,7 @@ def _graphics(el: etree._Element, files: FileIndex) -> list[Graphic]:
         if inside(g, el, skip):
             continue
         parent = g.getparent()
-        if parent.tag == "alternatives":
+        if parent is not None and parent.tag == "alternatives":
             if id(parent) in seen_alt:
                 continue
             seen_alt.add(id(parent))
@@ -88,13 +89,13 @@ def _graphics(el: etree._Element, files: FileIndex) -> list[Graphic]:
         if not cands:
             continue
         out.append((choose_graphic(cands, files), all(is_thumbnail(c) for c in cands)))
-    full = [g for g, thumb in out if not thumb]
+    full = [gr for gr, thumb in out if not thumb]
     if not full:
-        return [g for g, _ in out]
+        return [gr for gr, _ in out]
     target = full[0]  # thumbnails before the first full-size graphic belong to it
-    for g, thumb in out:
+    for gr, thumb in out:
         if not thumb:
-            target = g
+            target = gr
         else:  # a thumbnail of the graphic before it, not an image of its own
-            target.alternatives = list(dict.fromkeys([*target.alternatives, g.href]))
+            target.alternatives = list(dict.fromkeys([*target.alternatives, gr.href]))
     return full

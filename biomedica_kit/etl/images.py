@@ -26,6 +26,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -121,7 +122,8 @@ def process_image(data: bytes, policy: ImagePolicy | None = None) -> StoredImage
     fits = max(w, h) <= policy.max_side
     keep = ((fmt == "JPEG" and img.mode in ("RGB", "L")) or eight_bit_png) and fits and turn == 1
     if keep:
-        out, ext, converted, upright = data, "jpg" if fmt == "JPEG" else "png", False, img
+        out, ext, converted = data, "jpg" if fmt == "JPEG" else "png", False
+        upright: Image.Image = img
         w, h = img.size
     else:
         if getattr(img, "n_frames", 1) > 1:
@@ -162,11 +164,10 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     """8 bits a channel, same channels: high-depth greyscale scaled by its range (module doc)."""
     if img.mode in _HIGH_DEPTH:
         # 0..max -> 0..255 (negative floats shift up first); Pillow's linear point stays in C.
-        lo, hi = img.convert("F").getextrema() if img.mode == "F" else img.convert(
-            "I").getextrema()
+        src = img if img.mode in ("I", "F") else img.convert("I")
+        lo, hi = cast(tuple[float, float], src.getextrema())  # one band: (min, max)
         lo = min(lo, 0)
         scale = 255.0 / (hi - lo) if hi > lo else 1.0
-        src = img if img.mode in ("I", "F") else img.convert("I")
         return src.point(lambda v: (v - lo) * scale).convert("L")
     if img.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
         return img

@@ -43,7 +43,7 @@ def citations(article: etree._Element) -> dict[str, list[InlineRef]]:
         per_rid: dict[str, list[str]] = {}
         for x, (start, end) in zip(xrefs, spans, strict=True):
             cited = [s for s, (a, b) in sentences if a < max(end, start + 1) and b > start]
-            for rid in x.get("rid").split():
+            for rid in (x.get("rid") or "").split():
                 bucket = per_rid.setdefault(rid, [])
                 bucket.extend(s for s in cited if s not in bucket)
         for rid, sents in per_rid.items():

@@ -22,6 +22,7 @@ from biomedica_kit.etl.article import Article, Figure, Graphic, InlineRef
 from biomedica_kit.etl.figures import figures as _figures
 from biomedica_kit.etl.graphics import IMAGE_EXT_PREFERENCE, FileIndex
 from biomedica_kit.etl.jats_text import element_text as _text
+from biomedica_kit.etl.jats_text import elements as _elements
 from biomedica_kit.etl.jats_text import first_text as _first_text
 from biomedica_kit.etl.jats_text import local_name as _local
 from biomedica_kit.etl.jats_text import strip_namespaces as _strip_namespaces
@@ -72,7 +73,7 @@ def parse_jats(
     """
     tree = parse_xml(data)
     root = tree.getroot()
-    articles = [root] if _local(root.tag) == "article" else root.xpath(_OUTER_ARTICLES)
+    articles = [root] if _local(root.tag) == "article" else _elements(root, _OUTER_ARTICLES)
     if not articles:
         raise JatsError("not_jats", f"no <article> element (root is <{_local(root.tag)}>)")
     base_dir = PurePosixPath(source_file).parent.as_posix() if source_file else ""

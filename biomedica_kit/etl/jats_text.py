@@ -84,15 +84,21 @@ def text_with_spans(el, targets: list) -> tuple[str, list[tuple[int, int]]]:
         elif part:
             # Collapse whitespace inside the piece, keeping one space at either edge if present.
             body = " ".join(part.split())
-            lead = " " if part[0].isspace() and not (pieces and pieces[-1].endswith(" ")) else ""
+            edge = " " if part[0].isspace() and not (pieces and pieces[-1].endswith(" ")) else ""
             trail = " " if part[-1].isspace() and body else ""
-            part = lead + body + trail
+            part = edge + body + trail
             if part:
                 pieces.append(part)
                 pos += len(part)
     text = "".join(pieces)
     lead = len(text) - len(text.lstrip())
     return text.strip(), [(a - lead, b - lead) for a, b in spans]
+
+
+def elements(node: etree._Element, path: str) -> list[etree._Element]:
+    """The elements an XPath selects under ``node`` (typed: ``xpath`` may return anything)."""
+    found = node.xpath(path)
+    return [x for x in found if isinstance(x, etree._Element)] if isinstance(found, list) else []
 
 
 def first_text(el, *paths: str) -> str | None:

@@ -135,8 +135,7 @@ def _member_problem(name: str) -> str | None:
 
 def _relative(name: str) -> str:
     """Member path inside the package, dropping the leading ``PMCxxxx/`` folder."""
-    parts = PurePosixPath(name).parts
-    parts = [x for x in parts if x not in (".", "")]
+    parts = [x for x in PurePosixPath(name).parts if x not in (".", "")]
     return "/".join(parts[1:]) if len(parts) > 1 else "/".join(parts)
 
 
