@@ -104,9 +104,9 @@ def write_manifest(root: Path, shards: Sequence[ShardEntry | ShardInfo], *, pare
     ``extra`` adds top-level keys: ``change`` (a decision table's new version), ``build``
     (source and selection) or ``derived_from`` (a subset's predicate).
     """
-    entries = sorted((s.entry() if isinstance(s, ShardInfo) else dict(s) for s in shards),
-                     key=lambda s: s["path"])
-    vid = version_id(entries)  # type: ignore[arg-type]
+    entries: list[ShardEntry] = sorted(
+        (s.entry() if isinstance(s, ShardInfo) else s for s in shards), key=lambda s: s["path"])
+    vid = version_id(entries)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "dataset_version": vid,

@@ -79,17 +79,17 @@ def _walk(f: BinaryIO, path: str, seekable: bool, want: Callable[[str], bool]
         padded = -(-size // BLOCK) * BLOCK
         pos = data + padded
         if kind in _META:
-            payload = _read_exact(f, padded)[:size]
+            meta = _read_exact(f, padded)[:size]
             if kind == b"L":
-                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                long_name = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             elif kind == b"x":
-                pax = _pax_records(payload)
+                pax = _pax_records(meta)
             continue
         name = pax.get("path") or long_name or _text(block[:100])
         if block[257:263] == b"ustar\0" and block[345] and not (long_name or "path" in pax):
             name = _text(block[345:500]) + "/" + name  # POSIX ustar name prefix
         long_name, pax = None, {}
-        payload = None
+        payload: bytes | None = None
         if kind in _REGULAR and want(name):
             payload = _read_exact(f, size)
             if len(payload) < size:

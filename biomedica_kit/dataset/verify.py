@@ -131,8 +131,8 @@ def _check_manifest_record(root: Path, manifest: Manifest, res: VerifyResult) ->
         res.warnings.append(f"{VERSIONS_DIR}/{vid}.json missing: the version is not recorded")
         return
     if recorded != manifest:
-        diff = sorted(k for k in set(recorded) | set(manifest)
-                      if recorded.get(k) != manifest.get(k))  # type: ignore[misc]
+        a, b = dict(recorded), dict(manifest)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         res.errors.append(f"{MANIFEST} differs from {VERSIONS_DIR}/{vid}.json in {diff}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from biomedica_kit.dataset.changes import apply_changes
 from biomedica_kit.dataset.lock import dataset_lock
 from biomedica_kit.dataset.manifest import read_manifest
-from biomedica_kit.enrich.efetch import fetch_pubmed
+from biomedica_kit.enrich.efetch import EUTILS_BASE_URL, fetch_pubmed
 from biomedica_kit.enrich.table import entrez_table, write_entrez_parquet
 from biomedica_kit.etl.mesh import load_mesh_descriptors
 from biomedica_kit.etl.pubmed import ENTREZ_FIELDS, sample_fields
@@ -104,11 +104,10 @@ def _enrich(root: Path, *, eutils_url: str | None, cache_dir: str | Path | None,
     pmids = sorted(by_pmid, key=int)
     counts: dict[str, int] = {}
     if fetch and pmids:
-        kw = {"base_url": eutils_url} if eutils_url else {}
-        summary = fetch_pubmed(pmids, cache, email=email,
-                               api_key=api_key or os.environ.get("NCBI_API_KEY"),
+        summary = fetch_pubmed(pmids, cache, base_url=eutils_url or EUTILS_BASE_URL,
+                               email=email, api_key=api_key or os.environ.get("NCBI_API_KEY"),
                                rate=rate, progress=progress, refresh=refresh,
-                               max_negative_age_days=max_negative_age_days, **kw)
+                               max_negative_age_days=max_negative_age_days)
         counts = summary.counts()
     descriptors = load_mesh_descriptors(mesh_descriptors) if mesh_descriptors else None
     table_path = root / "metadata" / "entrez.parquet"

@@ -83,7 +83,7 @@ class FetchSummary:
 
     def counts(self) -> dict[str, int]:
         """Number of PMIDs per status (every status present, possibly 0)."""
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for outcome in self.outcomes.values():
             counts[outcome.status] += 1
         return counts

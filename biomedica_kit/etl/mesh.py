@@ -21,7 +21,8 @@ __all__ = ["MESH_CATEGORIES", "MeshCategories", "MeshDescriptors", "load_mesh_de
 
 
 def _text(el: etree._Element | None) -> str | None:
-    return " ".join("".join(el.itertext()).split()) or None if el is not None else None
+    # lxml-stubs type itertext() as str | bytes; parsed XML yields str.
+    return " ".join("".join(map(str, el.itertext())).split()) or None if el is not None else None
 
 #: NLM's 16 top-level MeSH tree categories, keyed by tree letter.
 MESH_CATEGORIES: dict[str, str] = {

@@ -49,7 +49,7 @@ def element_text(el: etree._Element | None) -> str | None:
     """Element text with inline markup (<i>, <sup>, MathML) flattened and whitespace collapsed."""
     if el is None:
         return None
-    text = " ".join("".join(el.itertext()).split())
+    text = " ".join("".join(map(str, el.itertext())).split())  # stubs say str | bytes
     return text or None
 
 
@@ -191,7 +191,7 @@ def _fill_shared(rec: dict[str, Any], el: etree._Element, pub_type_path: str) ->
 def _parse_journal_article(el: etree._Element) -> dict[str, Any]:
     citation = el.find("MedlineCitation")
     pmid = element_text(citation.find("PMID")) if citation is not None else None
-    if not pmid:
+    if citation is None or not pmid:
         raise ValueError("PubmedArticle without MedlineCitation/PMID")
     rec = _empty_record(pmid, "PubmedArticle")
     rec["citation_status"] = citation.get("Status")
@@ -210,7 +210,7 @@ def _parse_journal_article(el: etree._Element) -> dict[str, Any]:
             rec["pub_year"] = _year(article.find("ArticleDate"))
         _fill_shared(rec, article, "PublicationTypeList/PublicationType")
 
-    mesh = []
+    mesh: list[dict[str, Any]] = []
     for heading in citation.iterfind("MeshHeadingList/MeshHeading"):
         descriptor = heading.find("DescriptorName")
         if descriptor is None:
@@ -268,7 +268,7 @@ def _parse_journal_article(el: etree._Element) -> dict[str, Any]:
 def _parse_book_article(el: etree._Element) -> dict[str, Any]:
     doc = el.find("BookDocument")
     pmid = element_text(doc.find("PMID")) if doc is not None else None
-    if not pmid:
+    if doc is None or not pmid:
         raise ValueError("PubmedBookArticle without BookDocument/PMID")
     rec = _empty_record(pmid, "PubmedBookArticle")
     book = doc.find("Book")

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biomedica_kit.base.atomic import atomic_path, write_parquet_atomic
-from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.manifest import Manifest, read_manifest
 from biomedica_kit.dataset.tario import iter_tar_files
 from biomedica_kit.tables.sql import quote_ident, sql_literal
 
@@ -265,7 +265,7 @@ def _order(names: Iterable[str]) -> list[str]:
     return lead + sorted(n for n in names if n not in LOCATION_COLUMNS)
 
 
-def _assemble(root: Path, manifest: dict, parts: dict[str, Path], report_fp: str
+def _assemble(root: Path, manifest: Manifest, parts: dict[str, Path], report_fp: str
               ) -> tuple[int, list[str], list[str]]:
     """Write figures.parquet from the parts, in manifest order; return rows, columns, json."""
     import pyarrow as pa
@@ -357,8 +357,8 @@ def _build_articles(root: Path, figure_columns: list[str], version: str) -> int:
                     f"LEFT JOIN s ON s.id = f.article_id ORDER BY f.article_id")
             con.execute(f"COPY ({body}) TO {sql_literal(tmp)} (FORMAT parquet, KV_METADATA "
                         f"{{{json.dumps(_META_VERSION.decode())}: {sql_literal(version)}}})")
-            n = con.execute(
-                f"SELECT count(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
+            (n,) = con.execute(
+                f"SELECT count(*) FROM read_parquet({sql_literal(tmp)})").fetchone() or (0,)
     finally:
         con.close()
     return n
@@ -428,7 +428,7 @@ def export(dataset: str | os.PathLike, *, force: bool = False,
     parts_dir = meta_dir / PARTS_DIR
     parts_dir.mkdir(parents=True, exist_ok=True)
     parts = {s["sha256"]: parts_dir / f"{s['sha256']}.parquet" for s in shards}
-    todo = []
+    todo: list[tuple[str, Path]] = []
     for s in shards:
         part = parts[s["sha256"]]
         stale = force or _file_meta(part).get(_META_FORMAT) != EXPORT_FORMAT.encode()

@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +92,11 @@ def read_samples(root: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]
     """Every row's members, read from the local shards under ``root`` (one read per span)."""
     root = Path(root)
     spans = group_spans(rows, merge_gap=merge_gap, max_span=max_span)
-    current, f = None, None
-    try:
-        for span in spans:
-            if span.shard != current:
-                if f is not None:
-                    f.close()
-                current, f = span.shard, open(root / span.shard, "rb")  # noqa: SIM115
-            f.seek(span.start)
-            yield from cut_span(span, f.read(span.end - span.start), str(root / span.shard))
-    finally:
-        if f is not None:
-            f.close()
+    for shard, group in groupby(spans, key=lambda s: s.shard):
+        with open(root / shard, "rb") as f:
+            for span in group:
+                f.seek(span.start)
+                yield from cut_span(span, f.read(span.end - span.start), str(root / shard))
 
 
 def read_member(root: str | os.PathLike[str], row: Mapping[str, Any],

@@ -156,7 +156,7 @@ def decode_sample(sample: Mapping[str, Any], *, rgb: bool = False) -> dict[str, 
     from PIL import Image
 
     ext = next((e for e in _IMAGE_KEYS if e in sample), None)
-    image = None
+    image: Image.Image | None = None
     if ext is not None:
         image = Image.open(io.BytesIO(sample[ext]))
         image.load()
@@ -282,9 +282,9 @@ def _rows(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]]
         missing = [c for c in _LOCATION if c not in names]
         if missing:
             raise ValueError(f"rows lack location columns {missing} (from figures.parquet)")
-        table = rows.select(list(_LOCATION))
+        table: Any = rows.select(list(_LOCATION))  # type: ignore[union-attr]
         return table.to_pylist() if hasattr(table, "to_pylist") else table.to_dicts()
-    return [{c: r[c] for c in _LOCATION} for r in rows]
+    return [{c: r[c] for c in _LOCATION} for r in rows]  # type: ignore[index]
 
 
 def _fetch(url: str, start: int, end: int, session, timeout: float) -> bytes:
@@ -315,10 +315,11 @@ def read_ranges(rows: pa.Table | pl.DataFrame | Iterable[Mapping[str, Any]], *,
 
         session = requests.Session()
     data = _rows(rows)
-    if base_url is None:
+    if root is not None:
         for r, members in read_samples(root, data, merge_gap=merge_gap, max_span=max_span):
             yield _sample(str(Path(root) / r["shard"]), r, members)
         return
+    assert base_url is not None
     for span in group_spans(data, merge_gap=merge_gap, max_span=max_span):
         url = base_url.rstrip("/") + "/" + span.shard
         blob = _fetch(url, span.start, span.end, session, timeout)

@@ -180,7 +180,7 @@ def select_rows(dataset: str | os.PathLike, where: str | None = None, *,
             except duckdb.Error as exc:
                 raise PredicateError(f"predicate failed: {exc}") from None
         key_list = read_keys(keys) if isinstance(keys, (str, os.PathLike)) else list(
-            dict.fromkeys(keys))
+            dict.fromkeys(keys or ()))
         con.register("wanted", pa.table({"key": pa.array(key_list, pa.string())}))
         missing = [r[0] for r in con.execute(
             "SELECT w.key FROM wanted w ANTI JOIN figures f ON f.key = w.key").fetchall()]
