@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+__all__ = ["BLOCK", "iter_tar_files", "iter_tar_stream"]
+
 BLOCK = 512
 _ZERO = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")

@@ -63,6 +63,9 @@ from biomedica_kit.tables.sql import quote_ident, sql_literal
 if TYPE_CHECKING:
     import pyarrow as pa
 
+__all__ = ["EXPORT_FORMAT", "LOCATION_COLUMNS", "META_DIR", "PARTS_DIR", "ExportSummary",
+           "article_columns", "export", "is_current", "read_shard_records", "records_table"]
+
 EXPORT_FORMAT = "1"
 META_DIR = "metadata"
 PARTS_DIR = "parts"

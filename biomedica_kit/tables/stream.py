@@ -61,7 +61,7 @@ from urllib.parse import unquote, urlsplit
 
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import IMAGE_EXTS
-from biomedica_kit.tables.samples import cut_span, group_spans, read_samples
+from biomedica_kit.tables.samples import ROW_COLUMNS, cut_span, group_spans, read_samples
 
 if TYPE_CHECKING:
     import polars as pl
@@ -70,8 +70,11 @@ if TYPE_CHECKING:
     import webdataset as wds
 
 _IMAGE_KEYS = tuple(IMAGE_EXTS) + ("jpeg", "webp", "tif", "tiff")
-_LOCATION = ("key", "shard", "image_ext", "image_offset", "image_length", "txt_offset",
-             "txt_length", "json_offset", "json_length")
+# What a byte-range read needs from a row (its licence subset is not needed to read it).
+_LOCATION = tuple(c for c in ROW_COLUMNS if c != "subset")
+
+__all__ = ["RangeNotSupported", "decode_sample", "make_loader", "make_pipeline",
+           "make_train_pipeline", "read_ranges", "shard_urls", "stream_rows", "stream_subset"]
 
 
 class RangeNotSupported(OSError):

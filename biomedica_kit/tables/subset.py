@@ -58,6 +58,9 @@ from biomedica_kit.tables.sql import quote_ident, sql_literal
 if TYPE_CHECKING:
     import pyarrow as pa
 
+__all__ = ["DECISION_FILE", "SELECT_COLUMNS", "PredicateError", "SubsetSummary", "read_keys",
+           "select_rows", "subset", "validate_predicate"]
+
 DECISION_FILE = "subset/keys.parquet"
 _FORBIDDEN = frozenset({
     "ABORT", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "CALL", "CHECKPOINT", "COMMIT", "COPY",
