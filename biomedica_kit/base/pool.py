@@ -16,10 +16,12 @@ Worker processes never outlive the build and never hold its dataset lock:
 * they are forked from a *fork server* (:mod:`multiprocessing.forkserver`), a fresh interpreter
   started with only the descriptors it needs, so the ``flock`` the writer holds
   (:func:`biomedica_kit.dataset.lock.dataset_lock`) is not inherited;
-* the fork server exits when the main process dies (stdlib: it watches a pipe), and each worker
-  asks the kernel for ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG`` on Linux) and
-  exits at once if the main process is already gone, so a ``kill -9`` (or an OOM kill) of the
-  main process takes its workers with it instead of leaving them blocked on a pipe.
+* each worker watches a pipe whose only write end the main process holds: when the main
+  process dies, however it dies (``kill -9``, an OOM kill, SIGTERM, SIGHUP), the kernel closes
+  that end and the worker exits at once. (The stdlib alone keeps them: every worker holds the
+  write ends of its own call queue and of the fork server's alive pipe, so neither the workers
+  nor the fork server ever see EOF, and a kernel parent-death signal would name the fork
+  server, not the main process.)
 
 A worker that dies (killed for memory, a segfault in a C library) breaks the process pool. The
 packages that were in flight are then retried once, each alone in a fresh process, so the one
@@ -32,16 +34,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-
-from biomedica_kit.base.atomic import pid_alive
 
 if TYPE_CHECKING:
     from biomedica_kit.ingest.sources import PackageRef
@@ -56,42 +57,56 @@ _END = object()
 Worker = Callable[["PackageRef", C], R]
 #: What to yield for a package whose worker died twice: ``(package, detail)`` -> a result.
 OnDeath = Callable[["PackageRef", str], R]
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-class _WithConfig(Generic[C, R]):
-    """``worker(ref, cfg)`` as a one-argument callable that pickles to pool processes."""
+#: In a pool process: one flag per window slot, set when that slot's package starts.
+_started: Any = None
+
+
+class _Task(Generic[C, R]):
+    """``worker(ref, cfg)`` for pool processes, called with ``(slot, ref)``: it first flags
+    ``slot`` as started, so after a worker death the packages that had not started are known
+    innocent."""
 
     def __init__(self, worker: Worker, cfg: C) -> None:
         self.worker, self.cfg = worker, cfg
 
-    def __call__(self, ref: PackageRef) -> R:
+    def __call__(self, job: tuple[int, PackageRef]) -> R:
+        slot, ref = job
+        if _started is not None:
+            _started[slot] = 1
         return self.worker(ref, self.cfg)
 
 
-def _die_with_parent(main_pid: int) -> None:
-    """Worker initializer: be killed when the parent dies; exit if the build is already gone."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _init_worker(alive: Connection, started: Any) -> None:
+    """Pool process initializer: keep the start flags, exit when the main process dies."""
+    global _started
+    _started = started
+    _watch_main(alive)
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The parent (the fork server) may have died before prctl took effect: it exits only when
-    # the main process is gone, so check that one.
-    if not pid_alive(main_pid):
+
+def _watch_main(alive: Connection) -> None:
+    """Worker initializer: exit at once when the main process dies.
+
+    ``alive`` is the read end of a pipe whose write end only the main process holds; reading
+    it returns (EOF) exactly when that process is gone.
+    """
+    def wait() -> None:
+        with suppress(EOFError, OSError):
+            alive.recv_bytes()
         os._exit(1)
 
+    threading.Thread(target=wait, name="watch-main", daemon=True).start()
 
-def _context(worker: Callable[..., Any]) -> BaseContext:
-    """The fork-server context (spawn where there is none), preloading the worker's module in
-    the server so each forked worker starts with lxml, Pillow... already imported."""
+
+def _context(preload: Sequence[str]) -> BaseContext:
+    """The fork-server context (spawn where there is none), with ``preload`` (module names)
+    imported in the server, so each forked worker starts with them already imported."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    module = getattr(worker, "__module__", None)
-    if module and module != "__main__":
-        # Only read when the server starts (once per process); later calls change nothing.
-        ctx.set_forkserver_preload([module])
+    # Only read when the server starts (once per process); later calls change nothing.
+    ctx.set_forkserver_preload(list(preload))
     return ctx
 
 
@@ -107,9 +122,9 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _run_alone(fn: Callable[[T], R], item: T, conn: Connection, main_pid: int) -> None:
+def _run_alone(fn: Callable[[T], R], item: T, conn: Connection, alive: Connection) -> None:
     """Body of an isolated retry process: run ``fn(item)`` and send back the outcome."""
-    _die_with_parent(main_pid)
+    _watch_main(alive)
     try:
         out: tuple[str, Any] = ("ok", fn(item))
     except BaseException as exc:  # noqa: BLE001 - re-raised in the parent
@@ -118,11 +133,12 @@ def _run_alone(fn: Callable[[T], R], item: T, conn: Connection, main_pid: int) -
     conn.close()
 
 
-def _retry_alone(ctx: BaseContext, fn: Callable[[T], R], item: T) -> tuple[bool, Any]:
+def _retry_alone(ctx: BaseContext, fn: Callable[[T], R], item: T, alive: Connection
+                 ) -> tuple[bool, Any]:
     """Run ``fn(item)`` alone in a fresh process: ``(True, result)``, or ``(False, how the
     process died)``. An exception raised by ``fn`` is raised here."""
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_run_alone, args=(fn, item, send, os.getpid()), daemon=True)
+    proc = ctx.Process(target=_run_alone, args=(fn, item, send, alive), daemon=True)
     proc.start()
     send.close()
     try:
@@ -139,70 +155,107 @@ def _retry_alone(ctx: BaseContext, fn: Callable[[T], R], item: T) -> tuple[bool,
 
 
 def run_local(refs: Iterable[PackageRef], cfg: C, workers: int | None, *, worker: Worker,
-              on_death: OnDeath | None = None) -> Iterator[R]:
+              on_death: OnDeath | None = None, preload: Sequence[str] = ()
+              ) -> Iterator[R]:
     """Run ``worker`` over packages on local processes, yielding results in input order.
 
     ``workers <= 1`` runs in this process (no pool start-up, easy to debug). At most
-    ``4 * workers`` packages are in flight. When a worker process dies, the packages in flight
-    are retried once, each in a fresh process of its own; one whose worker dies again yields
-    ``on_death(ref, detail)`` (without ``on_death``, :class:`BrokenProcessPool` is raised).
+    ``4 * workers`` packages are in flight. When a worker process dies, the packages that had
+    started are retried once, each alone in a fresh process, and the others go to a new pool;
+    one whose worker dies again yields ``on_death(ref, detail)`` (without ``on_death``,
+    :class:`BrokenProcessPool` is raised). ``preload``: modules the fork server imports once
+    for all workers (default: the worker's module).
     """
     workers = workers or os.cpu_count() or 1
     if workers <= 1:
         for r in refs:
             yield worker(r, cfg)
         return
-    ctx = _context(worker)
-    fn: _WithConfig[C, R] = _WithConfig(worker, cfg)
-    it = iter(refs)
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                   initializer=_die_with_parent, initargs=(os.getpid(),))
-
-    pool = new_pool()
-    window: deque[tuple[PackageRef, Future]] = deque()
-    try:
-        while True:
-            while len(window) < 4 * workers and (nxt := next(it, _END)) is not _END:
-                window.append((nxt, pool.submit(fn, nxt)))
-            if not window:
-                return
-            ref, fut = window.popleft()
-            try:
-                result = fut.result()
-            except BrokenProcessPool:
-                # A worker died; any package in flight may be the one that killed it.
-                pending = [(ref, fut), *window]
-                window.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                yield from _recover(ctx, fn, pending, workers, on_death)
-                pool = new_pool()
-                continue
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    modules = preload or [m for m in [getattr(worker, "__module__", None)]
+                          if m and m != "__main__"]
+    yield from _LocalRun(worker, cfg, workers, on_death, modules).results(refs)
 
 
-def _recover(ctx: BaseContext, fn: Callable[[PackageRef], R],
-             pending: list[tuple[PackageRef, Future]], workers: int,
-             on_death: OnDeath | None) -> Iterator[R]:
-    """Results of the packages in flight when the pool broke, in order: those finished before
-    the break as they are, the others retried alone (``workers`` at a time)."""
-    def settle(entry: tuple[PackageRef, Future]) -> R:
-        ref, fut = entry
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
-            return fut.result()
-        ok, value = _retry_alone(ctx, fn, ref)
+class _LocalRun(Generic[C, R]):
+    """One :func:`run_local` over a process pool, with its recovery from worker deaths."""
+
+    def __init__(self, worker: Worker, cfg: C, workers: int, on_death: OnDeath | None,
+                 preload: Sequence[str]) -> None:
+        self.ctx = _context(preload)
+        self.task: _Task[C, R] = _Task(worker, cfg)
+        self.workers = workers
+        self.on_death = on_death
+        self.size = 4 * workers
+        self.started = self.ctx.Array("b", self.size, lock=False)
+        self.alive, self._alive_w = self.ctx.Pipe(duplex=False)  # the write end stays here
+        self.pool = self._new_pool()
+        self.retries: ThreadPoolExecutor | None = None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self.ctx,
+                                   initializer=_init_worker,
+                                   initargs=(self.alive, self.started))
+
+    def _submit(self, slot: int, ref: PackageRef) -> tuple[int, PackageRef, Future, bool]:
+        self.started[slot] = 0
+        return slot, ref, self.pool.submit(self.task, (slot, ref)), True
+
+    def results(self, refs: Iterable[PackageRef]) -> Iterator[R]:
+        """The results in input order; ``window`` entries are (slot, ref, future, whether the
+        future is the pool's)."""
+        free = deque(range(self.size))
+        window: deque[tuple[int, PackageRef, Future, bool]] = deque()
+        it = iter(refs)
+        try:
+            while True:
+                while free and (nxt := next(it, _END)) is not _END:
+                    window.append(self._submit(free.popleft(), nxt))
+                if not window:
+                    return
+                slot, _, fut, pooled = window[0]
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    if not pooled:  # a retry died again and there is no on_death
+                        raise
+                    window = self._recover(window)
+                    continue
+                window.popleft()
+                free.append(slot)
+                yield result
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.retries is not None:
+                self.retries.shutdown(wait=True, cancel_futures=True)
+            self.alive.close()
+            self._alive_w.close()
+
+    def _recover(self, window: deque[tuple[int, PackageRef, Future, bool]]
+                 ) -> deque[tuple[int, PackageRef, Future, bool]]:
+        """A worker died and broke the pool: keep what had finished, retry alone (on threads,
+        ``workers`` at a time) what had started, resubmit the rest to a new pool."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+        if self.retries is None:
+            self.retries = ThreadPoolExecutor(self.workers, thread_name_prefix="retry")
+        out: deque[tuple[int, PackageRef, Future, bool]] = deque()
+        for slot, ref, fut, pooled in window:
+            if not pooled or (fut.done() and not fut.cancelled() and fut.exception() is None):
+                out.append((slot, ref, fut, pooled))
+            elif self.started[slot]:
+                out.append((slot, ref, self.retries.submit(self._alone, slot, ref), False))
+            else:
+                out.append(self._submit(slot, ref))
+        return out
+
+    def _alone(self, slot: int, ref: PackageRef) -> R:
+        ok, value = _retry_alone(self.ctx, self.task, (slot, ref), self.alive)
         if ok:
             return value
-        if on_death is None:
+        if self.on_death is None:
             raise BrokenProcessPool(f"the worker died twice on {ref.name}: {value}")
-        return on_death(ref, f"the worker process died twice on this package ({value}), "
-                             "e.g. killed for memory")
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retry") as threads:
-        yield from threads.map(settle, pending)
+        return self.on_death(ref, f"the worker process died twice on this package ({value}), "
+                                  "e.g. killed for memory")
 
 
 def ordered_window(pool: Executor, fn: Callable[[T], R], items: Iterable[T], size: int

@@ -27,8 +27,8 @@ from biomedica_kit.ingest.packages import (
 )
 from biomedica_kit.ingest.sources import PackageRef, package_sha256
 
-__all__ = ["PackageResult", "Sample", "article_row", "process_package", "run_local", "run_ray",
-           "worker_died"]
+__all__ = ["PRELOAD", "PackageResult", "Sample", "article_row", "process_package", "run_local",
+           "run_ray", "worker_died"]
 
 
 @dataclass
@@ -212,6 +212,13 @@ def worker_died(ref: PackageRef, detail: str) -> PackageResult:
     return PackageResult(ref.name, [row], [], [], 0.0, ref)
 
 
+#: What the fork server imports once for every worker process: this module, and what the
+#: first package would otherwise import in each worker (imagehash imports scipy.fftpack on its
+#: first pHash, Pillow its format plugins on its first open): about a second per worker.
+PRELOAD = ("biomedica_kit.etl.worker", "scipy.fftpack", "PIL.JpegImagePlugin",
+           "PIL.PngImagePlugin", "PIL.TiffImagePlugin", "PIL.GifImagePlugin")
+
+
 def run_local(refs: Iterable[PackageRef], cfg: BuildConfig, workers: int | None, *,
               worker: pool.Worker = process_package) -> Iterator[PackageResult]:
     """Process packages on local worker processes, yielding results in input order.
@@ -219,7 +226,8 @@ def run_local(refs: Iterable[PackageRef], cfg: BuildConfig, workers: int | None,
     At most ``4 * workers`` packages are in flight, so memory stays flat however long the list;
     a package whose worker dies twice is recorded by :func:`worker_died`.
     """
-    return pool.run_local(refs, cfg, workers, worker=worker, on_death=worker_died)
+    return pool.run_local(refs, cfg, workers, worker=worker, on_death=worker_died,
+                          preload=PRELOAD)
 
 
 def run_ray(refs: Iterable[PackageRef], cfg: BuildConfig, address: str = "local", *,
