@@ -21,7 +21,7 @@ from PIL import Image
 from biomedica_kit.dataset.shards import iter_samples
 from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import build
-from biomedica_kit.etl.graphics import IMAGE_EXT_PREFERENCE
+from biomedica_kit.etl.graphics import IMAGE_EXT_PREFERENCE, FileIndex
 from biomedica_kit.etl.jats import parse_jats
 from biomedica_kit.ingest.packages import IMAGE_EXTS, expand_containers, is_container
 
@@ -103,6 +103,15 @@ def test_two_articles_in_one_package_keep_their_own_images(tmp_path: Path):
         assert m["image_file"].startswith(folder + "/")
         data = (ARTICLES / m["image_file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == m["image_sha256"], m["key"]
+
+
+def test_own_folder_wins_over_an_exact_name_elsewhere():
+    # An href naming fig1.tif: the other article's fig1.tif must not beat this article's
+    # fig1.jpg (the same image, another rendition) in its own folder.
+    files = ["elife-30274/fig1.tif", "elife-43154/fig1.jpg", "elife-43154/main.jats.xml"]
+    assert FileIndex(files, "elife-43154").resolve_all("fig1.tif") == ["elife-43154/fig1.jpg"]
+    assert FileIndex(files, "elife-30274").resolve_all("fig1.tif") == ["elife-30274/fig1.tif"]
+    assert FileIndex(files, "").resolve_all("fig1.tif") == ["elife-30274/fig1.tif"]
 
 
 def test_plos_info_doi_hrefs_pick_the_large_png_rendition(ccby_build):

@@ -123,21 +123,13 @@ class FileIndex:
 
     def resolve_all(self, href: str) -> list[str]:
         """Every package file the href may mean: the one to store first, then its other
-        renditions (same stem, same folder); empty when none matches."""
+        renditions (same stem, same folder); empty when none matches.
+
+        The XML's own folder (and below) is searched first, by exact name then by stem; only
+        then the rest of the package.
+        """
         keys = href_keys(href)
-        chosen = None
-        for k in keys:
-            hit = self.by_name.get(k)
-            if hit:
-                chosen = hit[0]
-                break
-        if chosen is None:
-            for k in keys:
-                stem = image_stem(k)
-                hit = self.by_stem.get(k) or (self.by_stem.get(stem) if stem else None)
-                if hit:
-                    chosen = min(hit, key=self._order)
-                    break
+        chosen = self._find(keys, local=True) or self._find(keys, local=False)
         if chosen is None:
             return []
         folder = PurePosixPath(chosen).parent
@@ -145,6 +137,21 @@ class FileIndex:
         siblings = [f for f in self.by_stem.get(stem or "", [])
                     if f != chosen and PurePosixPath(f).parent == folder]
         return [chosen, *dict.fromkeys(siblings)]
+
+    def _find(self, keys: list[str], *, local: bool) -> str | None:
+        def ok(hits: list[str] | None) -> list[str]:
+            return [f for f in hits or [] if not local or self._place(f) < 2]
+
+        for k in keys:
+            hit = ok(self.by_name.get(k))
+            if hit:
+                return hit[0]
+        for k in keys:
+            stem = image_stem(k)
+            hit = ok(self.by_stem.get(k)) or ok(self.by_stem.get(stem) if stem else None)
+            if hit:
+                return min(hit, key=self._order)
+        return None
 
     def resolve(self, href: str) -> str | None:
         """The package file an href points to, or None; without files, the href's file name."""
