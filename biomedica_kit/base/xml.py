@@ -91,6 +91,15 @@ def thread_parser() -> etree.XMLParser:
     return parser
 
 
+def collapsed_text(el: etree._Element | None) -> str | None:
+    """An element's text with its descendants' (inline markup flattened), whitespace collapsed;
+    None for a missing or empty element."""
+    if el is None:
+        return None
+    # lxml-stubs type itertext() as str | bytes; parsed documents yield str.
+    return " ".join("".join(map(str, el.itertext())).split()) or None
+
+
 def parse_bytes(data: bytes, *, max_bytes: int = MAX_XML_BYTES) -> etree._Element:
     """Parse untrusted XML bytes and expand its entities; raise :class:`XmlRefused` if bad."""
     if len(data) > max_bytes:

@@ -27,7 +27,8 @@ from biomedica_kit.base.http import (
     retry_after,
     shared_limiter,
 )
-from biomedica_kit.etl.pubmed import RECORD_TAGS, element_texts, record_pmid, safe_parser
+from biomedica_kit.base.xml import thread_parser
+from biomedica_kit.etl.pubmed import RECORD_TAGS, element_texts, record_pmid
 from biomedica_kit.ingest.entrez_cache import (
     STATUSES,
     EntrezCache,
@@ -124,7 +125,7 @@ def _read_efetch_body(body: bytes) -> tuple[dict[str, bytes], str | None]:
     those say nothing about whether the PMIDs exist.
     """
     try:
-        root = etree.fromstring(body, safe_parser())
+        root = etree.fromstring(body, thread_parser())
     except etree.XMLSyntaxError as exc:
         raise _RetryableResponse(f"unparseable response body ({len(body)} bytes): {exc}") from exc
     errors = element_texts([root] if root.tag == "ERROR" else root.iterfind("ERROR"))

@@ -16,13 +16,10 @@ from pathlib import Path
 
 from lxml import etree
 
+from biomedica_kit.base.xml import collapsed_text
+
 __all__ = ["MESH_CATEGORIES", "MeshCategories", "MeshDescriptors", "load_mesh_descriptors",
            "mesh_rollup", "mesh_top_categories"]
-
-
-def _text(el: etree._Element | None) -> str | None:
-    # lxml-stubs type itertext() as str | bytes; parsed XML yields str.
-    return " ".join("".join(map(str, el.itertext())).split()) or None if el is not None else None
 
 #: NLM's 16 top-level MeSH tree categories, keyed by tree letter.
 MESH_CATEGORIES: dict[str, str] = {
@@ -83,9 +80,9 @@ def load_mesh_descriptors(path: str | os.PathLike[str]) -> MeshDescriptors:
         ):
             ui = (rec.findtext("DescriptorUI") or "").strip()
             if ui:
-                trees = (_text(e) for e in rec.iterfind("TreeNumberList/TreeNumber"))
+                trees = (collapsed_text(e) for e in rec.iterfind("TreeNumberList/TreeNumber"))
                 result[ui] = [t for t in trees if t]
-                name = _text(rec.find("DescriptorName/String"))
+                name = collapsed_text(rec.find("DescriptorName/String"))
                 if name:
                     result.names[ui] = name
                     for tree in result[ui]:

@@ -11,46 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lxml import etree
 
-from biomedica_kit.base.xml import hardened_parser
+from biomedica_kit.base.xml import collapsed_text as element_text
+from biomedica_kit.base.xml import thread_parser
 from biomedica_kit.etl.mesh import mesh_rollup
 from biomedica_kit.ingest.entrez_cache import EntrezCache, normalise_pmids
 
-__all__ = ["ENTREZ_FIELDS", "RECORD_TAGS", "element_text", "element_texts", "load_cached",
+__all__ = ["ENTREZ_FIELDS", "RECORD_TAGS", "element_texts", "load_cached",
            "parse_pubmed_article", "parse_pubmed_articles", "read_cached", "record_pmid",
-           "safe_parser", "sample_fields"]
+           "sample_fields"]
 
 _log = logging.getLogger(__name__)
 
 RECORD_TAGS = ("PubmedArticle", "PubmedBookArticle")
-
-
-_parsers = threading.local()
-
-
-def safe_parser() -> etree.XMLParser:
-    """One hardened parser per thread (lxml parser objects must not be shared across threads).
-
-    Real efetch responses carry a DOCTYPE pointing at NLM's DTD: never load it, never resolve
-    entities and never touch the network while parsing.
-    """
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = hardened_parser()
-    return parser
-
-
-def element_text(el: etree._Element | None) -> str | None:
-    """Element text with inline markup (<i>, <sup>, MathML) flattened and whitespace collapsed."""
-    if el is None:
-        return None
-    text = " ".join("".join(map(str, el.itertext())).split())  # stubs say str | bytes
-    return text or None
 
 
 def element_texts(elements: Iterable[etree._Element]) -> list[str]:
@@ -295,10 +272,10 @@ def _as_element(source: etree._Element | bytes | str | os.PathLike[str]) -> etre
     if isinstance(source, etree._Element):
         return source
     if isinstance(source, os.PathLike):
-        return etree.parse(os.fspath(source), safe_parser()).getroot()
+        return etree.parse(os.fspath(source), thread_parser()).getroot()
     if isinstance(source, str):
         source = source.encode("utf-8")
-    return etree.fromstring(source, safe_parser())
+    return etree.fromstring(source, thread_parser())
 
 
 def parse_pubmed_article(source: etree._Element | bytes | str | os.PathLike[str]) -> dict:
