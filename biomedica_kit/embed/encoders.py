@@ -101,6 +101,8 @@ class Encoder(ABC):
     model lacks; ``joint`` says its image and text vectors share one space (zero-shot)."""
 
     name: str  # short, file-name safe
+    spec: str = ""  # what load_encoder was given (with pretrained, loads it again)
+    pretrained: str | None = None
     model_version: str  # exact identity: back-end, architecture, weights digest or tag
     image_dims: int | None = None
     text_dims: int | None = None
@@ -336,11 +338,15 @@ def _slug(text: str) -> str:
 def load_encoder(model: str, *, pretrained: str | None = None,
                  device: str | None = None) -> Encoder:
     """The encoder a model name selects (see module doc for the names understood)."""
+    enc: Encoder
     if model.startswith("torchvision:"):
-        return TorchvisionEncoder(model[len("torchvision:"):], pretrained, device)
-    if model.startswith("sentence-transformers:"):
-        return SentenceEncoder(model[len("sentence-transformers:"):], device)
-    if model in _MINILM_NAMES or (Path(model).is_dir()
-                                  and (Path(model) / "modules.json").is_file()):
-        return SentenceEncoder(model, device)
-    return OpenClipEncoder(model, pretrained, device)
+        enc = TorchvisionEncoder(model[len("torchvision:"):], pretrained, device)
+    elif model.startswith("sentence-transformers:"):
+        enc = SentenceEncoder(model[len("sentence-transformers:"):], device)
+    elif model in _MINILM_NAMES or (Path(model).is_dir()
+                                    and (Path(model) / "modules.json").is_file()):
+        enc = SentenceEncoder(model, device)
+    else:
+        enc = OpenClipEncoder(model, pretrained, device)
+    enc.spec, enc.pretrained = model, pretrained
+    return enc

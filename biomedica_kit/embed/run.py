@@ -111,6 +111,8 @@ def _check_models(store: EmbeddingStore, image: Encoder | None, text: Encoder | 
             f"{store.path} holds vectors of {info.image_model_version} / "
             f"{info.text_model_version}, not {want[0]} / {want[1]}; use another --name")
     info.image_model_version, info.text_model_version = want
+    info.image_model_spec = [image.spec, image.pretrained] if image else None
+    info.text_model_spec = [text.spec, text.pretrained] if text else None
     info.image_model = image.name if image else None
     info.text_model = text.name if text else None
     info.image_dims = image.image_dims if image else None

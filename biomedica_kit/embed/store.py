@@ -48,9 +48,11 @@ class StoreInfo:
 
     name: str
     image_model: str | None = None
+    image_model_spec: list[str | None] | None = None  # [model, pretrained] for load_encoder
     image_model_version: str | None = None
     image_dims: int | None = None
     text_model: str | None = None
+    text_model_spec: list[str | None] | None = None
     text_model_version: str | None = None
     text_dims: int | None = None
     joint: bool = False  # image and text vectors share one space (zero-shot possible)

@@ -3,8 +3,9 @@
 :func:`connect` returns an in-memory DuckDB connection with views ``figures``, ``articles``
 and, when their files exist, ``report_articles``, ``skips``, ``entrez``
 (``metadata/entrez.parquet``), ``labels`` (newest ``labels/*.parquet``), ``figures_labeled``
-(figures LEFT JOIN labels on ``key``) and ``embeddings`` (``embeddings/<model>/*.parquet`` with
-a ``model`` column). :func:`lazy` gives the same tables as Polars LazyFrames.
+(figures LEFT JOIN labels on ``key``), ``embeddings`` (``embeddings/<model>/*.parquet`` with
+a ``model`` column) and, from the newest cluster run, ``clusters`` (key, cluster, distance),
+``proposals`` and ``near_dups``. :func:`lazy` gives the same tables as Polars LazyFrames.
 
 ``read_only=True`` confines a connection to the dataset folder, with no extension loading,
 no network and a locked configuration; :func:`check_read_only_sql` additionally admits only
@@ -53,6 +54,13 @@ def metadata_paths(dataset: str | os.PathLike) -> dict[str, Path]:
         out["labels"] = labels
     if any((root / "embeddings").glob("*/*.parquet")):
         out["embeddings"] = root / "embeddings" / "*" / "*.parquet"
+    runs = [p.parent for p in (root / "clusters").glob("*/config.json")]
+    if runs:  # the newest finished cluster run (biomedica_kit.cluster.run.latest_run)
+        run = max(runs, key=lambda p: ((p / "config.json").stat().st_mtime_ns, p.name))
+        for view, name in (("clusters", "assignments"), ("proposals", "proposals"),
+                           ("near_dups", "near_dups")):
+            if (run / f"{name}.parquet").is_file():
+                out[view] = run / f"{name}.parquet"
     return out
 
 
