@@ -103,8 +103,8 @@ def test_killed_build_takes_its_workers_and_frees_the_lock(corpus, tmp_path):
     while not list((out / "ledger").glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the build ended before it could be killed mid-run"
-    below = descendants(proc.pid)  # fork server, resource tracker, workers
-    assert len(below) >= 3, below
+    below = descendants(proc.pid)  # the workers (and a fork server, a resource tracker)
+    assert len(below) >= 2, below
     # The main process holds the dataset folder open (its lock); no worker does.
     assert holds_folder(proc.pid, out)
     assert [p for p in below if holds_folder(p, out)] == []

@@ -40,23 +40,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
+from itertools import islice
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
-
-if TYPE_CHECKING:
-    from biomedica_kit.ingest.sources import PackageRef
+from multiprocessing.context import ForkServerContext, SpawnContext
+from typing import Any, Generic, TypeVar
 
 __all__ = ["OnDeath", "Worker", "describe_exit", "ordered_window", "run_local", "run_ray"]
 
 C = TypeVar("C")
 R = TypeVar("R")
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item (a package)
 _END = object()
-#: A worker: one package and the build config in, one result out (must be picklable).
-Worker = Callable[["PackageRef", C], R]
-#: What to yield for a package whose worker died twice: ``(package, detail)`` -> a result.
-OnDeath = Callable[["PackageRef", str], R]
+_Context = ForkServerContext | SpawnContext
+#: A worker: one item (a package) and the build config in, one result out (picklable).
+Worker = Callable[[I, C], R]
+#: What to yield for an item whose worker died twice: ``(item, detail)`` -> a result.
+OnDeath = Callable[[I, str], R]
 
 
 #: In a pool process: one flag per window slot, set when that slot's package starts.
@@ -71,7 +71,7 @@ class _Task(Generic[C, R]):
     def __init__(self, worker: Worker, cfg: C) -> None:
         self.worker, self.cfg = worker, cfg
 
-    def __call__(self, job: tuple[int, PackageRef]) -> R:
+    def __call__(self, job: tuple[int, Any]) -> R:
         slot, ref = job
         if _started is not None:
             _started[slot] = 1
@@ -99,7 +99,7 @@ def _watch_main(alive: Connection) -> None:
     threading.Thread(target=wait, name="watch-main", daemon=True).start()
 
 
-def _context(preload: Sequence[str]) -> BaseContext:
+def _context(preload: Sequence[str]) -> _Context:
     """The fork-server context (spawn where there is none), with ``preload`` (module names)
     imported in the server, so each forked worker starts with them already imported."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -133,7 +133,7 @@ def _run_alone(fn: Callable[[T], R], item: T, conn: Connection, alive: Connectio
     conn.close()
 
 
-def _retry_alone(ctx: BaseContext, fn: Callable[[T], R], item: T, alive: Connection
+def _retry_alone(ctx: _Context, fn: Callable[[T], R], item: T, alive: Connection
                  ) -> tuple[bool, Any]:
     """Run ``fn(item)`` alone in a fresh process: ``(True, result)``, or ``(False, how the
     process died)``. An exception raised by ``fn`` is raised here."""
@@ -154,8 +154,8 @@ def _retry_alone(ctx: BaseContext, fn: Callable[[T], R], item: T, alive: Connect
     return True, value
 
 
-def run_local(refs: Iterable[PackageRef], cfg: C, workers: int | None, *, worker: Worker,
-              on_death: OnDeath | None = None, preload: Sequence[str] = ()
+def run_local(refs: Iterable[I], cfg: C, workers: int | None, *, worker: Worker[I, C, R],
+              on_death: OnDeath[I, R] | None = None, preload: Sequence[str] = ()
               ) -> Iterator[R]:
     """Run ``worker`` over packages on local processes, yielding results in input order.
 
@@ -196,15 +196,15 @@ class _LocalRun(Generic[C, R]):
                                    initializer=_init_worker,
                                    initargs=(self.alive, self.started))
 
-    def _submit(self, slot: int, ref: PackageRef) -> tuple[int, PackageRef, Future, bool]:
+    def _submit(self, slot: int, ref: Any) -> tuple[int, Any, Future, bool]:
         self.started[slot] = 0
         return slot, ref, self.pool.submit(self.task, (slot, ref)), True
 
-    def results(self, refs: Iterable[PackageRef]) -> Iterator[R]:
+    def results(self, refs: Iterable[Any]) -> Iterator[R]:
         """The results in input order; ``window`` entries are (slot, ref, future, whether the
         future is the pool's)."""
         free = deque(range(self.size))
-        window: deque[tuple[int, PackageRef, Future, bool]] = deque()
+        window: deque[tuple[int, Any, Future, bool]] = deque()
         it = iter(refs)
         try:
             while True:
@@ -230,15 +230,15 @@ class _LocalRun(Generic[C, R]):
             self.alive.close()
             self._alive_w.close()
 
-    def _recover(self, window: deque[tuple[int, PackageRef, Future, bool]]
-                 ) -> deque[tuple[int, PackageRef, Future, bool]]:
+    def _recover(self, window: deque[tuple[int, Any, Future, bool]]
+                 ) -> deque[tuple[int, Any, Future, bool]]:
         """A worker died and broke the pool: keep what had finished, retry alone (on threads,
         ``workers`` at a time) what had started, resubmit the rest to a new pool."""
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool = self._new_pool()
         if self.retries is None:
             self.retries = ThreadPoolExecutor(self.workers, thread_name_prefix="retry")
-        out: deque[tuple[int, PackageRef, Future, bool]] = deque()
+        out: deque[tuple[int, Any, Future, bool]] = deque()
         for slot, ref, fut, pooled in window:
             if not pooled or (fut.done() and not fut.cancelled() and fut.exception() is None):
                 out.append((slot, ref, fut, pooled))
@@ -248,12 +248,13 @@ class _LocalRun(Generic[C, R]):
                 out.append(self._submit(slot, ref))
         return out
 
-    def _alone(self, slot: int, ref: PackageRef) -> R:
+    def _alone(self, slot: int, ref: Any) -> R:
         ok, value = _retry_alone(self.ctx, self.task, (slot, ref), self.alive)
         if ok:
             return value
         if self.on_death is None:
-            raise BrokenProcessPool(f"the worker died twice on {ref.name}: {value}")
+            raise BrokenProcessPool(f"the worker died twice on {getattr(ref, 'name', ref)}: "
+                                    f"{value}")
         return self.on_death(ref, f"the worker process died twice on this package ({value}), "
                                   "e.g. killed for memory")
 
@@ -262,22 +263,16 @@ def ordered_window(pool: Executor, fn: Callable[[T], R], items: Iterable[T], siz
                    ) -> Iterator[R]:
     """``fn`` over ``items`` on ``pool``, yielding results in input order with at most ``size``
     submitted ahead of the consumer (memory and disk stay flat however long ``items`` is)."""
-    window: deque[Future] = deque()
     it = iter(items)
-    for item in it:
-        window.append(pool.submit(fn, item))
-        if len(window) >= size:
-            break
+    window: deque[Future[R]] = deque(pool.submit(fn, item) for item in islice(it, size))
     while window:
         yield window.popleft().result()
-        nxt = next(it, _END)
-        if nxt is not _END:
-            window.append(pool.submit(fn, nxt))
+        window.extend(pool.submit(fn, item) for item in islice(it, 1))
 
 
-def run_ray(refs: Iterable[PackageRef], cfg: C, address: str = "local", *, worker: Worker,
+def run_ray(refs: Iterable[I], cfg: C, address: str = "local", *, worker: Worker[I, C, R],
             num_cpus: int | None = None, window: int | None = None,
-            on_death: OnDeath | None = None) -> Iterator[R]:
+            on_death: OnDeath[I, R] | None = None) -> Iterator[R]:
     """Run ``worker`` over packages as Ray tasks, yielding results in input order.
 
     ``address="local"`` starts a local Ray runtime (``num_cpus`` CPUs, no dashboard) and shuts

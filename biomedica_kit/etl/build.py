@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from biomedica_kit.base.atomic import atomic_write_bytes
 from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.dataset.lock import dataset_lock
-from biomedica_kit.dataset.manifest import version_id, write_manifest
+from biomedica_kit.dataset.manifest import ShardEntry, version_id, write_manifest
 from biomedica_kit.etl.config import CHECKPOINT_EVERY, BuildConfig
 from biomedica_kit.etl.ledger import DatasetState, file_list_row, records_table_rows
 from biomedica_kit.etl.summary import BuildSummary, write_reports
@@ -220,7 +220,7 @@ def _plan(refs: Iterable[PackageRef], state: DatasetState, remote: bool
     return todo, unchanged
 
 
-def _finish(out: Path, state: DatasetState, writer: DatasetWriter, shards: list[dict],
+def _finish(out: Path, state: DatasetState, writer: DatasetWriter, shards: list[ShardEntry],
             info: dict, sel: Selection, unchanged: int, fetch: dict | None,
             seconds: float) -> BuildSummary:
     arts, skips, samples, pkgs = records_table_rows(state.records.values())
@@ -239,8 +239,9 @@ def _finish(out: Path, state: DatasetState, writer: DatasetWriter, shards: list[
         "exact_duplicates": sum(1 for s in samples if s["duplicate_of"]),
     }
     prev = state.manifest
-    manifest = prev
-    if prev is None or writer.changed:
+    if prev is not None and not writer.changed:
+        manifest = prev
+    else:
         parent = prev["dataset_version"] if prev else None
         if prev and version_id(shards) == parent:
             parent = prev.get("parent")  # same shards (only records changed): same lineage

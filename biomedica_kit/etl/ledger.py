@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from biomedica_kit.base.atomic import TMP_PREFIX, atomic_write_bytes
-from biomedica_kit.dataset.manifest import MANIFEST, read_manifest
+from biomedica_kit.dataset.manifest import MANIFEST, Manifest, ShardEntry, read_manifest
 from biomedica_kit.dataset.shards import SHARD_NAME, untagged
 from biomedica_kit.ingest.sources import PackageRef
+
+__all__ = ["LEDGER_DIR", "PACKAGE_COLUMNS", "SAMPLE_COLUMNS", "DatasetState", "PackageRecord",
+           "SampleRow", "file_list_row", "records_table_rows"]
 
 LEDGER_DIR = "ledger"
 #: Columns of report/packages.parquet (one row per package record).
@@ -106,9 +109,9 @@ class DatasetState:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.records: dict[str, PackageRecord] = {}
-        self.shards: dict[str, dict] = {}  # path -> ShardInfo fields
+        self.shards: dict[str, ShardEntry] = {}  # path -> its manifest entry
         self.retired: set[tuple[str, str]] = set()  # (shard, key) to drop at the next rewrite
-        self.manifest: dict | None = None
+        self.manifest: Manifest | None = None
         self.build_info: dict | None = None  # {"source", "config"} of the last build/checkpoint
         self.chunks: list[Path] = []  # checkpoint files not yet compacted into report/
 
@@ -119,9 +122,9 @@ class DatasetState:
         """Read ``report/`` and replay ``ledger/`` checkpoints (an empty state if neither)."""
         st = cls(root)
         if (st.root / MANIFEST).is_file():
-            st.manifest = read_manifest(st.root)
-            st.shards = {s["path"]: s for s in st.manifest["shards"]}
-            st.build_info = {"source": st._built_from(), "config": st.manifest.get("config")}
+            st.manifest = manifest = read_manifest(st.root)
+            st.shards = {s["path"]: s for s in manifest["shards"]}
+            st.build_info = {"source": st._built_from(), "config": manifest.get("config")}
             if not (st.root / "report" / "packages.parquet").is_file():
                 raise ValueError(f"{root} holds a dataset without a package ledger "
                                  "(report/packages.parquet); it cannot be added to")
@@ -217,7 +220,7 @@ class DatasetState:
     # ------------------------------------------------------------------------- writing
 
     def write_chunk(self, run: str, seq: int, *, build: dict, records: list[PackageRecord],
-                    shards: list[dict], rewrites: list[dict] | None = None) -> Path:
+                    shards: list[ShardEntry], rewrites: list[dict] | None = None) -> Path:
         """Durably record a checkpoint (the caller has already closed the shards it lists)."""
         path = self.root / LEDGER_DIR / f"{run}-{seq:06d}.json"
         data = {"run": run, "seq": seq, "build": build, "shards": shards,

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from biomedica_kit.base import pool
 from biomedica_kit.dataset.licenses import LicenseInfo, with_file_list
@@ -56,9 +57,9 @@ class PackageResult:
     sha256: str | None = None  # content hash; None when the package's bytes could not be read
 
 
-def article_row(**kw: object) -> dict:
+def article_row(**kw: Any) -> dict[str, Any]:
     """An article row of report/articles.parquet: the defaults, updated with ``kw``."""
-    row = {
+    row: dict[str, Any] = {
         "id": None, "status": "ok", "reason": None, "detail": None, "package": None,
         "pmcid": None, "pmid": None, "doi": None, "journal": None, "year": None,
         "license_code": None, "license_category": "other", "license_source": None,
@@ -220,7 +221,8 @@ PRELOAD = ("biomedica_kit.etl.worker", "scipy.fftpack", "PIL.JpegImagePlugin",
 
 
 def run_local(refs: Iterable[PackageRef], cfg: BuildConfig, workers: int | None, *,
-              worker: pool.Worker = process_package) -> Iterator[PackageResult]:
+              worker: pool.Worker[PackageRef, BuildConfig, PackageResult] = process_package
+              ) -> Iterator[PackageResult]:
     """Process packages on local worker processes, yielding results in input order.
 
     At most ``4 * workers`` packages are in flight, so memory stays flat however long the list;

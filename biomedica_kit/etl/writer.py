@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
 from biomedica_kit.dataset.licenses import CATEGORIES
+from biomedica_kit.dataset.manifest import ShardEntry
 from biomedica_kit.dataset.shards import ShardWriter, iter_samples, split_name
 from biomedica_kit.dataset.tario import iter_tar_files
 from biomedica_kit.etl.config import CHECKPOINT_EVERY, BuildConfig
@@ -244,11 +244,11 @@ class DatasetWriter:
     def checkpoint(self) -> None:
         """Make everything written so far durable: close the open shards, then record them and
         the packages they hold in one atomically written checkpoint file."""
-        new = []
+        new: list[ShardEntry] = []
         for w in self.writers.values():
             for info in w.close():  # a closed writer opens a new shard on its next write
                 if info.path not in self.recorded:
-                    new.append(asdict(info))
+                    new.append(info.entry())
                     self.recorded.add(info.path)
         if not (self.pending or new):
             return
@@ -258,7 +258,7 @@ class DatasetWriter:
         self.seq += 1
         self.pending = []
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[ShardEntry]:
         """Final checkpoint, then rewrite the shards holding retired samples; the shard list."""
         self.checkpoint()
         if self.state.retired:
@@ -290,7 +290,7 @@ class DatasetWriter:
                     w.write(key, list(group.items()))
                     moved.append([path, key, w.current_shard])
             removed.append(path)
-        added = [asdict(i) for w in writers.values() for i in w.close()]
+        added = [i.entry() for w in writers.values() for i in w.close()]
         ev = {"remove": removed, "add": added, "moved": moved}
         self.state.write_chunk(self.run, self.seq, build=self.build_info, records=[],
                                shards=[], rewrites=[ev])

@@ -52,6 +52,9 @@ from biomedica_kit.base.http import (
 from biomedica_kit.base.pool import ordered_window
 from biomedica_kit.ingest.sources import FILE_LIST, PackageRef
 
+__all__ = ["LEDGER", "PART", "FetchError", "FetchPolicy", "FetchStats", "Fetcher",
+           "archive_problem"]
+
 T = TypeVar("T")
 LEDGER = ".fetch-ledger.jsonl"
 PART = ".part"
@@ -173,6 +176,7 @@ class Fetcher:
         if isinstance(result, FetchError):
             self._count(failed=1)
             return replace(ref, failure=f"{result.reason}: {result.detail}"[:500])
+        assert result is not None  # None only answers a conditional request
         self._record(ref.file or url, ref.last_updated, result["sha256"], result["bytes"])
         self._count(downloaded=1)
         return replace(ref, location=str(dest), sha256=result["sha256"], size=result["bytes"])

@@ -26,6 +26,12 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from biomedica_kit.dataset.licenses import CATEGORIES, category_of, license_code
 from biomedica_kit.ingest.packages import ARCHIVE_SUFFIXES, XML_EXTS, package_stem
 
+__all__ = ["FILE_LIST", "FILE_LIST_COLUMNS", "LAST_UPDATED", "PackageRef", "Selection",
+           "citation_year", "describe_folder", "discover_local", "is_remote", "iter_file_list",
+           "license_category", "normalise_pmcid", "package_sha256", "parse_date_bound",
+           "parse_pmcids", "parse_years", "read_file_list", "ref_from_row", "refs_from_file_list",
+           "source_uri", "stat_package", "unsafe_file_path", "write_file_list"]
+
 FILE_LIST = "oa_file_list.csv"
 LAST_UPDATED = "Last Updated (YYYY-MM-DD HH:MM:SS)"
 #: The columns of NCBI's oa_file_list.csv, in order.
@@ -194,13 +200,12 @@ def parse_pmcids(value: str | os.PathLike | Iterable[str]) -> frozenset[str]:
     """
     if isinstance(value, str | os.PathLike) and Path(value).is_file():
         text = Path(value).read_text(encoding="utf-8-sig")
-    elif isinstance(value, str):
-        text = value
+    elif isinstance(value, str | os.PathLike):
+        text = str(value)
     else:
         text = " ".join(value)
     ids = {normalise_pmcid(tok) for tok in re.split(r"[\s,;]+", text) if tok.strip()}
-    ids.discard(None)
-    return frozenset(ids)
+    return frozenset(i for i in ids if i is not None)
 
 
 #: The forms of a ``--since``/``--until`` bound, and what completes each as a start / an end.
@@ -448,9 +453,9 @@ def package_sha256(path: str | os.PathLike) -> str:
         with open(p, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
     h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        rel = f.relative_to(p).as_posix().encode()
+    for file in sorted(x for x in p.rglob("*") if x.is_file()):
+        rel = file.relative_to(p).as_posix().encode()
         h.update(len(rel).to_bytes(8, "big") + rel)
-        with open(f, "rb") as fh:
+        with open(file, "rb") as fh:
             h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()
