@@ -35,6 +35,10 @@ from typing import Any
 
 from lxml import etree
 
+__all__ = ["AMPLIFICATION", "MAX_XML_BYTES", "MIN_EXPANSION", "XmlRefused", "collapsed_text",
+           "expand_entities", "external_entities", "hardened_parser", "parse_bytes",
+           "thread_parser"]
+
 #: Refuse XML documents larger than this (bytes); the largest real PMC nXML is a few MB.
 MAX_XML_BYTES = 64 * 1024 * 1024
 #: Entity expansion may add at most this many times the document's size in characters ...

@@ -20,6 +20,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+__all__ = ["CATEGORIES", "COMMERCIAL", "NONCOMMERCIAL", "LicenseInfo", "category_of",
+           "classify_license", "license_code", "normalise", "with_file_list"]
+
 COMMERCIAL = frozenset({"cc0", "cc-by", "cc-by-sa", "cc-by-nd"})
 NONCOMMERCIAL = frozenset({"cc-by-nc", "cc-by-nc-sa", "cc-by-nc-nd"})
 CATEGORIES = ("commercial", "noncommercial", "other")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["Article", "Figure", "Graphic", "InlineRef"]
+
 
 @dataclass
 class InlineRef:

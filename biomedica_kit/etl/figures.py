@@ -15,6 +15,8 @@ from biomedica_kit.etl.graphics import FileIndex, choose_graphic, href_of, is_th
 from biomedica_kit.etl.inline_refs import citations
 from biomedica_kit.etl.jats_text import element_text, elements, inside
 
+__all__ = ["figures"]
+
 _FIG_XPATH = ".//fig | .//table-wrap"
 _NOT_FIGURE_IMAGE = {"disp-formula", "inline-formula", "chem-struct", "caption"}
 

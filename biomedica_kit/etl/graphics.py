@@ -31,6 +31,9 @@ from lxml import etree
 
 from biomedica_kit.etl.article import Graphic
 
+__all__ = ["IMAGE_EXT_PREFERENCE", "XLINK", "FileIndex", "choose_graphic", "ext_rank", "href_keys",
+           "href_of", "image_stem", "is_thumbnail"]
+
 XLINK = "{http://www.w3.org/1999/xlink}"
 
 #: Preference among the renditions of one image (lower-cased extensions), best first.

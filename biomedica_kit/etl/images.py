@@ -30,6 +30,9 @@ from typing import cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+__all__ = ["ImagePolicy", "ImageRejected", "StoredImage", "orientation", "png_bit_depth",
+           "process_image"]
+
 # Truncated files must fail loudly, not decode into half-grey images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 

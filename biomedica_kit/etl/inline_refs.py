@@ -10,6 +10,8 @@ from lxml import etree
 from biomedica_kit.etl.article import InlineRef
 from biomedica_kit.etl.jats_text import FLOATS, element_text, inside, text_with_spans
 
+__all__ = ["citations", "split_sentences"]
+
 # Abbreviations that end with a dot but do not end a sentence.
 _ABBREV = {
     "fig", "figs", "e.g", "i.e", "al", "vs", "cf", "approx", "no", "nos", "ref", "refs", "eq",

@@ -9,6 +9,9 @@ from collections.abc import Iterable
 
 from lxml import etree
 
+__all__ = ["FLOATS", "SKIP_TEXT", "element_text", "elements", "first_text", "inside", "local_name",
+           "strip_namespaces", "text_with_spans", "unique"]
+
 # Elements whose text never belongs to readable prose.
 SKIP_TEXT = {"object-id", "graphic", "inline-graphic", "media", "tex-math", "annotation"}
 # Elements after which a space is inserted so adjacent blocks do not run together.

@@ -19,6 +19,9 @@ from biomedica_kit.etl.images import StoredImage
 from biomedica_kit.etl.jats import Article, Figure, Graphic
 from biomedica_kit.ingest.sources import PackageRef
 
+__all__ = ["SCHEMA_VERSION", "article_fields", "biomedica_compat", "sample_key", "sample_keys",
+           "sample_record", "sanitize_key"]
+
 SCHEMA_VERSION = 1
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

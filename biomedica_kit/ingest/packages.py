@@ -16,6 +16,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+__all__ = ["ARCHIVE_SUFFIXES", "IMAGE_EXTS", "WANTED_EXTS", "XML_EXTS", "Package", "PackageError",
+           "PackageLimits", "article_xml_members", "expand_containers", "is_container",
+           "package_stem", "read_package"]
+
 XML_EXTS = (".nxml", ".xml")
 #: Image members read from a package (lower-cased extensions), PLOS renditions included; the
 #: ETL's preference among them is ``biomedica_kit.etl.graphics.IMAGE_EXT_PREFERENCE``.
