@@ -24,7 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from biomedica_kit.dataset.licenses import CATEGORIES, category_of, license_code
-from biomedica_kit.ingest.packages import ARCHIVE_SUFFIXES, XML_EXTS, package_stem
+from biomedica_kit.ingest.packages import (
+    ARCHIVE_SUFFIXES,
+    XML_EXTS,
+    expand_containers,
+    package_stem,
+)
 
 __all__ = ["FILE_LIST", "FILE_LIST_COLUMNS", "LAST_UPDATED", "PackageRef", "Selection",
            "citation_year", "describe_folder", "discover_local", "is_remote", "iter_file_list",
@@ -366,7 +371,7 @@ def discover_local(source: str | os.PathLike, file_list: str | os.PathLike | Non
     fl = Path(file_list) if file_list else src / FILE_LIST
     if fl.is_file():
         return list(refs_from_file_list(iter_file_list(fl), str(src)))
-    entries = sorted(src.iterdir(), key=lambda p: p.name)
+    entries = expand_containers(sorted(src.iterdir(), key=lambda p: p.name))
     refs: dict[str, PackageRef] = {}
     dupes: list[PackageRef] = []
     for p in entries:
