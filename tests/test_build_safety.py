@@ -90,7 +90,9 @@ def samples(ds: Path) -> dict[str, bytes]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_build_takes_its_workers_and_frees_the_lock(corpus, tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(corpus, src)
+    src.mkdir()
+    for p in sorted(corpus.iterdir())[:8]:
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, src / p.name)
     # Last in source order, and seconds of work (ten TIFFs to convert): the build is still
     # running when the first checkpoint appears.
     shutil.copytree(CCBY / "pgen.1000100", src / "pgen.1000100")
@@ -118,7 +120,7 @@ def test_killed_build_takes_its_workers_and_frees_the_lock(corpus, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "another command is writing" not in again.stderr
     report = json.loads((out / "report/build.json").read_text())
-    assert report["reconciles"] and report["packages"] == 34
+    assert report["reconciles"] and report["packages"] == 9
     assert verify(out).ok
 
 
@@ -176,18 +178,6 @@ def test_worker_death_is_recorded_and_the_build_goes_on(corpus, tmp_path):
     again = build(src, out, workers=1, progress=False)
     assert again.new_packages == 1 and again.articles.get("failed", 0) == 0
     assert samples(out) == samples(ref)
-
-
-def test_worker_deaths_without_a_handler_raise(corpus, tmp_path):
-    from concurrent.futures.process import BrokenProcessPool
-
-    from biomedica_kit.base import pool
-    from biomedica_kit.ingest.sources import discover_local
-
-    refs = discover_local(corpus)[:3]
-    dying = DyingWorker(always={refs[1].name}, once=set(), marks=tmp_path)
-    with pytest.raises(BrokenProcessPool, match=f"died twice on {refs[1].name}"):
-        list(pool.run_local(refs, None, 2, worker=dying))
 
 
 # ------------------------------------------------ C: one article in two packages (copy rule)
