@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean lab
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 demo: install
 	bash scripts/ensure_chromium.sh
 	bash scripts/demo.sh $(DEMO_OUT)
+
+# JupyterLab on notebooks/ with the demo dataset preselected (127.0.0.1, random token).
+lab: install
+	bash scripts/lab.sh $(DEMO_OUT)
 
 test: install
 	bash scripts/ensure_chromium.sh

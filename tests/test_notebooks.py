@@ -21,10 +21,16 @@ import pytest
 from PIL import Image
 
 from biomedica_kit.analysis import explore
-from biomedica_kit.tables import query
 from biomedica_kit.analysis.charts import NOTE_MIME
-from biomedica_kit.analysis.report import PLOTLY_MIME, WIDGET_MIME, execute_notebook, resolve_notebook
-from biomedica_kit.dataset.shards import iter_samples, read_manifest
+from biomedica_kit.analysis.report import (
+    PLOTLY_MIME,
+    WIDGET_MIME,
+    execute_notebook,
+    resolve_notebook,
+)
+from biomedica_kit.dataset.manifest import read_manifest
+from biomedica_kit.dataset.shards import iter_samples
+from biomedica_kit.tables import query
 from biomedica_kit.tables.subset import validate_predicate
 
 NOTEBOOKS = ("01_overview", "02_topics", "03_explore", "04_subset")
@@ -88,7 +94,9 @@ def test_every_notebook_is_thin_and_parameterised():
         nb = nbformat.read(resolve_notebook(name), as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
-        assert 'dataset = "' in tagged[0].source
+        # The dataset comes from $BIOMEDICA_DATASET (`make lab`), else the demo build.
+        assert 'dataset = os.environ.get("BIOMEDICA_DATASET", "../build/demo")' in \
+            tagged[0].source, name
         code = [c.source for c in nb.cells if c.cell_type == "code" and c is not tagged[0]]
         # Thin: no function or class definitions, no SQL, no plotting code in the notebook.
         for src in code:
@@ -124,26 +132,47 @@ def test_overview_shows_the_dataset(analysis_dataset, truth, tmp_path):
     assert bar(figs["top_journals"], "samples") == dict(journals)
     per_article = Counter(Counter(r["article_id"] for r in truth).values())
     fpa = figs["figures_per_article"]["data"][0]
-    assert dict(zip(fpa["x"], fpa["y"], strict=True)) == dict(per_article)
+    # One category per count (a numeric axis would draw bars that read as bins).
+    assert figs["figures_per_article"]["layout"]["xaxis"]["type"] == "category"
+    assert dict(zip(fpa["x"], fpa["y"], strict=True)) == {str(k): v for k, v in
+                                                          per_article.items()}
     sizes = figs["image_sizes"]["data"]
     assert sorted(k for t in sizes for k in t["text"]) == sorted(r["key"] for r in truth)
 
     text = texts(nb)
-    assert "samples (figure images)" in text and f"{len(truth)}" in text
+    assert "samples (figure images in the shards)" in text and f"{len(truth)}" in text
     assert read_manifest(analysis_dataset)["dataset_version"] in text
+    # Tables are formatted HTML: numbers as numbers, shares as percentages, no quoted text.
+    lic_html = next(o.data["text/html"] for o in outputs(nb)
+                    if "license_category" in o.get("data", {}).get("text/html", ""))
+    assert '"commercial"' not in lic_html and ">commercial<" in lic_html
+    assert f">{8 / 13:.1%}<" in lic_html  # 61.5%, not 0.6154
+    summary = next(o.data["text/html"] for o in outputs(nb)
+                   if "figure elements in the articles" in o.get("data", {}).get("text/html", ""))
+    manifest = read_manifest(analysis_dataset)["counts"]
+    assert f">{manifest['images']:,}<" in summary and "= samples + skipped" in summary
 
 
 def test_topics_says_labels_and_mesh_are_missing(analysis_dataset, truth, tmp_path):
     nb = run("02_topics", tmp_path, dataset=str(analysis_dataset), top_n=50)
     figs = charts(nb)
     # Nothing is invented: no label or MeSH chart, and a plain sentence says why.
-    assert set(figs) == {"subjects", "keywords"}
+    assert set(figs) == {"subjects", "subject_codes", "keywords"}
     said = notes(nb)
     assert any("no taxonomy labels yet" in n for n in said)
     assert any("no MeSH terms yet" in n for n in said)
     assert "no taxonomy labels yet" in texts(nb) and "no MeSH terms yet" in texts(nb)
     subjects = Counter(s for r in truth for s in set(r.get("subjects") or []))
-    assert bar(figs["subjects"], "samples") == dict(subjects)
+    codes = {s for s in subjects if s.startswith("AcademicSubjects/")}
+    assert codes  # the sample's OUP article lists classification codes
+    # Names and publisher codes are charted apart, each with its true counts.
+    assert bar(figs["subjects"], "samples") == {s: n for s, n in subjects.items()
+                                                if s not in codes}
+    assert bar(figs["subject_codes"], "samples") == {s: n for s, n in subjects.items()
+                                                     if s in codes}
+    status = next(o.data["text/plain"] for o in outputs(nb)
+                  if "distinct values" in o.get("data", {}).get("text/plain", ""))
+    assert "null" not in status and "not yet" in status
     kw = Counter(k for r in truth for k in set(r.get("keywords") or []))
     assert bar(figs["keywords"], "samples") == dict(kw)
 
@@ -182,7 +211,7 @@ def test_topics_picks_up_labels_once_they_exist(analysis_dataset, truth, tmp_pat
     figs = charts(nb)
     assert {"primary_labels", "secondary_labels", "label_x_licence", "label_x_year",
             "mesh_terms", "mesh_x_license_category", "mesh_x_year", "mesh_x_primary_label",
-            "subjects", "keywords"} <= set(figs)
+            "subjects", "subject_codes", "keywords"} <= set(figs)
     # Only the tree roll-up waits for its input (NLM's descriptor file, not given here).
     assert [n for n in notes(nb) if "descriptor file" not in n] == []
     assert "no taxonomy labels yet" not in texts(nb) and "no MeSH terms yet" not in texts(nb)
@@ -230,9 +259,11 @@ def test_explore_gallery_reads_images_by_offset(analysis_dataset, truth, tmp_pat
     rec = next(r for r in truth if r["key"] == want[0])
     assert abs(thumb.width / thumb.height - rec["image_width"] / rec["image_height"]) < 0.02
     assert "inline references" in html
+    assert html.count('<details class="bk-zoom">') == len(want)  # click to zoom
     table = texts(nb)
     assert all(k in table for k in want)
-    assert "license_category IN ('other') AND caption ILIKE '%photostimulation%'" in table
+    assert "license_category IN ('other') AND contains(lower(caption), 'photostimulation')" \
+        in table
 
 
 def test_subset_notebook_exports_headless(analysis_dataset, truth, tmp_path):
@@ -246,7 +277,7 @@ def test_subset_notebook_exports_headless(analysis_dataset, truth, tmp_path):
     assert got == want
     assert read_manifest(out)["derived_from"]["predicate"] == where
     text = texts(nb)
-    assert f"wrote {len(want)} samples" in text
+    assert f"wrote {len(want)} samples" in text and f"shards to {out.resolve()} " in text
     assert f"OK: 1 shards, {len(want)} samples, 0 errors" in text
 
 
@@ -267,8 +298,8 @@ def test_filters_make_one_safe_predicate(analysis_dataset):
                         journal="medRxiv", text="O'Brien; DROP TABLE x --")
     where = f.where(con)
     assert where == ("license_category IN ('commercial', 'other') AND year BETWEEN 2016 AND "
-                     "2024 AND journal = 'medRxiv' AND caption ILIKE "
-                     "'%O''Brien; DROP TABLE x --%'")
+                     "2024 AND journal = 'medRxiv' AND contains(lower(caption), "
+                     "'o''brien; drop table x --')")
     assert validate_predicate(where) == where  # the subset API accepts it as is
     assert explore.count(con, f) == 0
     assert explore.Filters().where(con) == "TRUE"
@@ -286,10 +317,10 @@ def test_explorer_widget_reacts_to_filters(analysis_dataset):
     assert ex._next.disabled is False and ex._prev.disabled is True
     ex._next.click()
     assert ex.page == 1 and len(ex.rows()) == 5
-    ex.controls["licences"].value = ("other",)  # as a user would, through the widget
+    ex.panel.licences.value = ("other",)  # as a user would, through the widget
     assert ex.page == 0 and ex.matches == 5
-    assert ex.filters.where(ex.con) == "license_category IN ('other')"
+    assert ex.where == "license_category IN ('other')"
     assert "license_category IN (&#x27;other&#x27;)" in ex._where.value
-    assert ex._gallery.value.count('class="bk-card"') == 5
-    ex.controls["text"].value = "no caption says this"
-    assert ex.matches == 0 and "No sample matches" in ex._gallery.value
+    assert len(ex._cards.children) == 5
+    ex.panel.text.value = "no caption says this"
+    assert ex.matches == 0 and "No sample matches" in ex._cards.children[0].value

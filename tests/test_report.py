@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from biomedica_kit.cli.main import main
 from biomedica_kit.analysis.report import ReportError, chromium_path, report
-from biomedica_kit.dataset.shards import read_manifest
+from biomedica_kit.cli.main import main
+from biomedica_kit.dataset.manifest import read_manifest
 
 CHART_COLOR_COMMERCIAL = (0x2A, 0x9D, 0x8F)  # charts.LICENCE_COLORS["commercial"]
 
@@ -44,7 +44,7 @@ def built_report(analysis_dataset, tmp_path_factory) -> Path:
                                     "--notebook", "03_explore", "-p", 'licences=["other"]'])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "01_overview: 6 charts, 0 notes" in res.output
-    assert "02_topics: 2 charts, 4 notes" in res.output
+    assert "02_topics: 3 charts, 4 notes" in res.output
     return out
 
 
@@ -100,7 +100,7 @@ def test_report_files(built_report, analysis_dataset):
             "notebooks/01_overview.ipynb", "notebooks/02_topics.ipynb"} <= names
     charts = sorted(n for n in names if n.startswith("charts/"))
     stems = {n.rsplit(".", 1)[0] for n in charts}
-    assert len(charts) == 2 * len(stems) == 16  # every chart as PNG and SVG
+    assert len(charts) == 2 * len(stems) == 18  # every chart as PNG and SVG
     assert "charts/01_overview/licence_categories" in stems
     for n in charts:
         p = built_report / n
@@ -130,9 +130,37 @@ def test_pages_are_self_contained(built_report):
                 assert (built_report / ref).is_file(), f"{page} links missing {ref}"
         if page != "index.html":
             assert text.count("Plotly.newPlot") >= (0 if page == "03_explore.html" else 2)
-    # plotly.js is inlined, once per page.
-    overview = (built_report / "01_overview.html").read_text(encoding="utf-8")
-    assert len(re.findall(r"plotly\.js v\d", overview)) == 1
+            # plotly.js is never inlined: pages with charts load the report's one copy, the
+            # explorer page (no chart) loads none; the notebook CSS is shared the same way.
+            assert not re.search(r"plotly\.js v\d", text), page
+            want = 0 if page == "03_explore.html" else 1
+            assert len(re.findall(r'<script[^>]*src="assets/plotly.min.js"', text)) \
+                == want, page
+            assert text.count('href="assets/notebook.css"') == 1 and len(text) < 1_000_000
+    assert re.search(r"plotly\.js v\d", (built_report / "assets/plotly.min.js").read_text())
+    # The two analysis notebooks (what `biomedica report` runs by default) stay under 6 MB
+    # with everything they need; the explorer's page (5 image cards) adds under 1 MB.
+    files = [p for p in built_report.rglob("*") if p.is_file()]
+    explorer = sum(p.stat().st_size for p in files if p.stem == "03_explore")
+    total = sum(p.stat().st_size for p in files)
+    assert total - explorer < 6_000_000, f"report is {total - explorer:,} bytes"
+    assert (built_report / "03_explore.html").stat().st_size < 1_000_000
+
+
+def test_pages_hide_code_and_show_parameters_once(built_report, server):
+    from browser import browser_page, hosts
+
+    with browser_page() as (page, urls):
+        page.goto(f"{server}/01_overview.html")
+        code = page.locator(".jp-CodeCell .jp-Cell-inputWrapper")
+        assert code.count() >= 8 and not code.first.is_visible()  # hidden by default
+        assert page.locator(".jp-MarkdownCell").first.is_visible()
+        page.click("#bk-code-toggle")
+        assert code.first.is_visible() and page.inner_text("#bk-code-toggle") == "hide code"
+        # The parameters the notebook ran with, once (papermill's injected cell).
+        sources = page.locator(".jp-CodeCell .jp-InputArea-editor").all_inner_texts()
+        assert sum("dataset = " in s for s in sources) == 1
+        assert hosts(urls) == {server.split("/")[2]}
 
 
 def test_index_lists_notebooks_charts_and_notes(built_report, analysis_dataset):
@@ -141,8 +169,11 @@ def test_index_lists_notebooks_charts_and_notes(built_report, analysis_dataset):
     assert version in text
     assert "<b>13</b> samples from <b>4</b> articles" in text
     assert "commercial: 8, other: 5" in text
-    assert text.count('<img src="charts/') == 8
+    assert text.count('<img src="charts/') == 9
     assert "no taxonomy labels yet" in text and "no MeSH terms yet" in text
+    # Notes render their Markdown (no raw backticks), thumbnails are large enough to read.
+    assert "<code>primary_label</code>" in text and "`" not in text
+    assert "minmax(480px,1fr)" in text
 
 
 def test_charts_render_in_chromium(built_report, server, chromium, tmp_path):
@@ -164,7 +195,7 @@ def test_charts_render_in_chromium(built_report, server, chromium, tmp_path):
 
 def test_topics_and_explore_pages_render(built_report, server, chromium, tmp_path):
     dom = chrome(chromium, tmp_path, f"{server}/02_topics.html", "--dump-dom").stdout
-    assert dom.count('class="plotly-graph-div js-plotly-plot"') == 2
+    assert dom.count('class="plotly-graph-div js-plotly-plot"') == 3
     assert "no taxonomy labels yet" in dom
     dom = chrome(chromium, tmp_path, f"{server}/03_explore.html", "--dump-dom").stdout
     # The explorer's static snapshot: the five "other" samples, images inline.

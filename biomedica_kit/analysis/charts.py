@@ -5,10 +5,15 @@ Every builder takes a connection from :func:`biomedica_kit.tables.query.connect`
 with the query layer. Counts are of samples (one figure image each) in the ``figures`` view,
 or of articles in the ``articles`` view (articles that have at least one sample).
 
-When the dataset lacks what a chart needs (taxonomy labels and MeSH terms arrive with later
-pipeline stages) a builder returns a :class:`Missing` note instead of a figure. It displays as
-one plain sentence, so a notebook says so rather than drawing an empty chart or inventing
-values, and the same notebook draws the chart, unchanged, once the columns exist.
+When the dataset lacks what a chart needs (no samples at all, no publication years, or
+taxonomy labels and MeSH terms that arrive with later pipeline stages) a builder returns a
+:class:`Missing` note instead of a figure. It displays as one plain sentence, so a notebook
+says so rather than drawing an empty chart, failing, or inventing values, and the same
+notebook draws the chart, unchanged, once the data exist.
+
+Tables come back as :class:`biomedica_kit.analysis.display.Table`: a polars DataFrame
+(``.df``) that displays as a formatted HTML table (numbers as numbers, shares as percentages,
+text without quotes).
 
 Each figure carries ``layout.meta.chart``, a stable name that reports use for its PNG/SVG files.
 """
@@ -16,21 +21,31 @@ Each figure carries ``layout.meta.chart``, a stable name that reports use for it
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
+from biomedica_kit.analysis.display import Table, human_bytes
+from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.tables import query
 
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
 
-#: BIOMEDICA's licence subsets, in display order (always shown, even when empty).
-LICENCE_CATEGORIES: tuple[str, ...] = ("commercial", "noncommercial", "other")
+__all__ = [
+    "ARTICLE_COLOR", "LICENCE_COLORS", "Missing", "NOTE_MIME", "SAMPLE_COLOR", "SCATTER_MAX",
+    "SUBJECT_CODE", "TEMPLATE", "UNKNOWN", "article_types", "dataset_summary",
+    "figures_per_article", "image_sizes", "keywords", "label_crosstab", "label_heatmap",
+    "label_table", "licence_categories", "licence_table", "mesh_categories", "mesh_heatmap",
+    "mesh_terms", "per_year", "primary_labels", "secondary_labels", "subject_codes", "subjects",
+    "top_journals", "topic_status",
+]
+
 LICENCE_COLORS = {"commercial": "#2a9d8f", "noncommercial": "#e9a03b", "other": "#7b8794"}
 SAMPLE_COLOR = "#3d5a98"
 ARTICLE_COLOR = "#c8553d"
@@ -38,9 +53,10 @@ TEMPLATE = "plotly_white"
 #: Mime type of a :class:`Missing` note in notebook outputs (read back by reports).
 NOTE_MIME = "application/vnd.biomedica-kit.note+json"
 
-#: Taxonomy label columns, each with BIOMEDICA's published name for the same thing.
-LABEL_COLUMNS = {"primary_label": ("primary_label", "image_primary_label"),
-                 "secondary_labels": ("secondary_labels", "image_secondary_label")}
+#: Shown for a missing value in tables and category axes.
+UNKNOWN = "(unknown)"
+#: Above this many samples the image-size scatter draws a random sample of this many points.
+SCATTER_MAX = 5000
 _LABELS_FROM = ("They are added by the labelling stage (`primary_label` / "
                 "`secondary_labels` in the samples, or labels/*.parquet).")
 _MESH_FROM = "They are added by the Entrez (PubMed) enrichment stage."
@@ -64,21 +80,6 @@ class Missing:
         return {"text/plain": self.message,
                 "text/markdown": f"**{self.chart}:** {self.message}",
                 NOTE_MIME: {"chart": self.chart, "message": self.message}}
-
-
-def display_defaults() -> None:
-    """Notebook display settings: whole tables (up to 100 rows) and long text cells.
-
-    Why: polars truncates tables at 10 rows and strings at 30 characters by default, which
-    hides rows of the summaries these notebooks exist to show.
-    """
-    import polars as pl
-
-    pl.Config.set_tbl_rows(100)
-    pl.Config.set_fmt_str_lengths(120)
-    pl.Config.set_tbl_width_chars(160)
-    pl.Config.set_tbl_hide_column_data_types(True)
-    pl.Config.set_tbl_hide_dataframe_shape(True)
 
 
 def _quietly(fn, *args, **kwargs):
@@ -123,72 +124,110 @@ def _counts(t: pl.DataFrame | None, column: str) -> dict:
     return dict(zip(t[column].to_list(), t["n"].to_list(), strict=True))
 
 
+def _no_samples(chart: str) -> Missing:
+    return Missing(chart, "This dataset has no samples yet: nothing to chart.")
+
+
+def _lacking(con: duckdb.DuckDBPyConnection, chart: str, *columns: str,
+             view: str = "figures") -> Missing | None:
+    """A note when ``view`` has no rows or lacks one of ``columns``; None when it can be drawn."""
+    if not con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]:
+        return _no_samples(chart)
+    missing = [c for c in columns if not query.has_column(con, c, view)]
+    if missing:
+        return Missing(chart, f"No sample in this dataset has {', '.join(missing)}: nothing "
+                              "to chart.")
+    return None
+
+
+def _label(value: Any) -> str:
+    return UNKNOWN if value is None else str(value)
+
+
 # ---------------------------------------------------------------------------- 01: overview
 
 
-def dataset_summary(con: duckdb.DuckDBPyConnection, dataset: str | os.PathLike) -> pl.DataFrame:
-    """The dataset's size, one measure per row (samples, figures, articles, shards, bytes...)."""
+def _scalar(con: duckdb.DuckDBPyConnection, expr: str, *needs: str) -> Any:
+    """One value over ``figures``, or None when a column it needs does not exist."""
+    if not all(query.has_column(con, c) for c in needs):
+        return None
+    return con.execute(f"SELECT {expr} FROM figures").fetchone()[0]
+
+
+def dataset_summary(con: duckdb.DuckDBPyConnection, dataset: str | os.PathLike) -> Table:
+    """The dataset's size, one count per row (samples, figures, articles, shards, bytes...);
+    version and publication years in the caption.
+
+    "Samples" are the figure images written to the shards; "figure elements" and "figure
+    images" count what the articles hold (from the build's manifest), so
+    ``images = samples + skipped`` for a build.
+    """
     import polars as pl
 
-    from biomedica_kit.dataset.shards import read_manifest
+    from biomedica_kit.dataset.manifest import read_manifest
 
     m = read_manifest(Path(dataset))
     counts = m.get("counts", {})
     ov = query.overview(con)
-    figures, journals, y0, y1, pixels = con.execute("""
-        SELECT count(DISTINCT (article_id, figure_id)), count(DISTINCT journal), min(year),
-               max(year), sum(image_width::BIGINT * image_height::BIGINT) FROM figures
-        """).fetchone()
     shard_bytes = sum(s.get("bytes", 0) for s in m.get("shards", []))
-    rows = [
-        ("dataset version", str(ov["dataset_version"] or m.get("dataset_version"))),
-        ("samples (figure images)", f"{ov['figures']:,}"),
-        ("figures", f"{figures:,}"),
-        ("articles with samples", f"{ov['articles']:,}"),
-        ("articles processed", f"{sum((counts.get('articles') or {}).values()):,}"),
-        ("figure images skipped", f"{sum((counts.get('skips') or {}).values()):,}"),
-        ("journals", f"{journals:,}"),
-        ("publication years", f"{y0}–{y1}" if y0 is not None else "unknown"),
-        ("shards", f"{len(m.get('shards', [])):,}"),
-        ("shard size", _human_bytes(shard_bytes)),
-        ("image megapixels", f"{(pixels or 0) / 1e6:,.1f}"),
+    pixels = _scalar(con, "sum(image_width::BIGINT * image_height::BIGINT)", "image_width",
+                     "image_height")
+    y0, y1 = (_scalar(con, "min(year)", "year"), _scalar(con, "max(year)", "year"))
+    rows: list[tuple[str, int | None, str]] = [
+        ("samples (figure images in the shards)", ov["figures"], ""),
+        ("figures with samples", _scalar(con, "count(DISTINCT (article_id, figure_id))",
+                                         "article_id", "figure_id"), ""),
+        ("figure elements in the articles", counts.get("figures"),
+         "from the build; tables and figures without an image file included"),
+        ("figure images in the articles", counts.get("images"), "= samples + skipped"),
+        ("figure images skipped", sum((counts.get("skips") or {}).values()) if counts.get(
+            "skips") is not None else None, "see report/skips.parquet"),
+        ("articles with samples", ov["articles"], ""),
+        ("articles processed", sum((counts.get("articles") or {}).values())
+         if counts.get("articles") is not None else None, ""),
+        ("journals", _scalar(con, "count(DISTINCT journal)", "journal"), ""),
+        ("shards", len(m.get("shards", [])), ""),
+        ("shard bytes", shard_bytes, human_bytes(shard_bytes)),
+        ("image pixels", pixels, f"{(pixels or 0) / 1e6:,.1f} megapixels" if pixels else ""),
     ]
-    return pl.DataFrame({"measure": [r[0] for r in rows], "value": [r[1] for r in rows]})
+    years = f"{y0}–{y1}" if y0 is not None else "unknown"
+    df = pl.DataFrame({"measure": [r[0] for r in rows], "value": [r[1] for r in rows],
+                       "note": [r[2] for r in rows]},
+                      schema={"measure": pl.String, "value": pl.Int64, "note": pl.String})
+    return Table(df, caption=f"dataset version {ov['dataset_version'] or m.get('dataset_version')}"
+                             f" · publication years {years}")
 
 
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{int(size):,} B" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:,.1f} TiB"
-
-
-def licence_table(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Samples and articles per licence category; all three categories, zeros included."""
+def _licence_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     import polars as pl
 
-    samples = _counts(query.license_counts(con, per="figures"), "license_category")
-    articles = _counts(query.license_counts(con, per="articles"), "license_category")
-    cats = list(LICENCE_CATEGORIES) + sorted(
-        (c for c in samples.keys() | articles.keys() if c not in LICENCE_CATEGORIES),
+    samples = _counts(_quietly(query.license_counts, con, per="figures")[0], "license_category")
+    articles = _counts(_quietly(query.license_counts, con, per="articles")[0],
+                       "license_category")
+    cats = list(CATEGORIES) + sorted(
+        (c for c in samples.keys() | articles.keys() if c not in CATEGORIES),
         key=lambda c: (c is None, c or ""))
     total = sum(samples.values()) or 1
     return pl.DataFrame({
-        "license_category": cats,
+        "license_category": [_label(c) for c in cats],
         "samples": [samples.get(c, 0) for c in cats],
-        "share": [round(samples.get(c, 0) / total, 4) for c in cats],
+        "share": [samples.get(c, 0) / total for c in cats],
         "articles": [articles.get(c, 0) for c in cats],
     }, schema={"license_category": pl.String, "samples": pl.Int64, "share": pl.Float64,
                "articles": pl.Int64})
 
 
+def licence_table(con: duckdb.DuckDBPyConnection) -> Table:
+    """Samples and articles per licence category; all three categories, zeros included (and
+    "(unknown)" for samples without one)."""
+    return Table(_licence_frame(con))
+
+
 def licence_categories(con: duckdb.DuckDBPyConnection) -> go.Figure:
     """Grouped bars: samples and articles per licence category (commercial / noncommercial /
     other), the three subsets BIOMEDICA publishes separately."""
-    t = licence_table(con)
-    cats = [c if c is not None else "(unknown)" for c in t["license_category"].to_list()]
+    t = _licence_frame(con)
+    cats = t["license_category"].to_list()
     samples, articles = t["samples"].to_list(), t["articles"].to_list()
     fig = go.Figure([
         go.Bar(x=cats, y=samples, name="samples", text=samples,
@@ -197,14 +236,21 @@ def licence_categories(con: duckdb.DuckDBPyConnection) -> go.Figure:
                opacity=0.6),
     ])
     return _layout(fig, "licence_categories", "Samples and articles per licence category",
-                   barmode="group", xaxis_title="licence category", yaxis_title="count")
+                   barmode="group", xaxis={"title": "licence category", "type": "category"},
+                   yaxis={"title": "count", "rangemode": "tozero"})
 
 
-def per_year(con: duckdb.DuckDBPyConnection) -> go.Figure:
+def per_year(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
     """Grouped bars: samples and articles per publication year; unknown years noted apart."""
+    lacking = _lacking(con, "per_year", "year")
+    if lacking:
+        return lacking
     samples = _counts(query.year_counts(con, per="figures"), "year")
-    articles = _counts(query.year_counts(con, per="articles"), "year")
+    articles = _counts(_quietly(query.year_counts, con, per="articles")[0], "year")
     years = sorted(y for y in samples.keys() | articles.keys() if y is not None)
+    if not years:
+        return Missing("per_year", f"No sample in this dataset has a publication year "
+                                   f"({samples.get(None, 0):,} samples without one).")
     fig = go.Figure([
         go.Bar(x=years, y=[samples.get(y, 0) for y in years], name="samples",
                marker_color=SAMPLE_COLOR),
@@ -221,10 +267,14 @@ def per_year(con: duckdb.DuckDBPyConnection) -> go.Figure:
                    yaxis={"title": "count", "rangemode": "tozero"})
 
 
-def top_journals(con: duckdb.DuckDBPyConnection, n: int = 20) -> go.Figure:
+def top_journals(con: duckdb.DuckDBPyConnection, n: int = 20) -> go.Figure | Missing:
     """Horizontal bars: the ``n`` journals with the most samples, and their article counts."""
+    lacking = _lacking(con, "top_journals", "journal")
+    if lacking:
+        return lacking
     t = query.journal_counts(con, per="figures", limit=n)
-    articles = _counts(query.journal_counts(con, per="articles", limit=None), "journal")
+    articles = _counts(_quietly(query.journal_counts, con, per="articles", limit=None)[0],
+                       "journal")
     names = [j if j is not None else "(no journal)" for j in t["journal"].to_list()]
     fig = go.Figure([
         _hbar(names, t["n"].to_list(), name="samples", color=SAMPLE_COLOR),
@@ -233,13 +283,18 @@ def top_journals(con: duckdb.DuckDBPyConnection, n: int = 20) -> go.Figure:
     ])
     return _layout(fig, "top_journals", f"Top {len(names)} journals by samples",
                    barmode="group", height=_height(2 * len(names)), xaxis_title="count",
-                   yaxis={"automargin": True})
+                   yaxis={"automargin": True, "type": "category"})
 
 
-def article_types(con: duckdb.DuckDBPyConnection) -> go.Figure:
+def article_types(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
     """Horizontal bars: articles and samples per JATS ``article-type``."""
-    t = query.article_type_counts(con, per="articles")
+    lacking = _lacking(con, "article_types", "article_type")
+    if lacking:
+        return lacking
+    t = _quietly(query.article_type_counts, con, per="articles")[0]
     samples = _counts(query.article_type_counts(con, per="figures"), "article_type")
+    if t is None:  # articles view without the column: count samples only
+        t = query.article_type_counts(con, per="figures")
     types = t["article_type"].to_list()
     names = [x if x is not None else "(none)" for x in types]
     fig = go.Figure([
@@ -248,47 +303,54 @@ def article_types(con: duckdb.DuckDBPyConnection) -> go.Figure:
     ])
     return _layout(fig, "article_types", "Article types", barmode="group",
                    height=_height(2 * len(names)), xaxis_title="count",
-                   yaxis={"automargin": True})
+                   yaxis={"automargin": True, "type": "category"})
 
 
-def figures_per_article(con: duckdb.DuckDBPyConnection) -> go.Figure:
-    """Bars: how many articles have 1, 2, ... samples (figure images written)."""
+def figures_per_article(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
+    """Bars: how many articles have 1, 2, ... samples (figure images written); one category
+    per count, so a bar never reads as a bin."""
+    lacking = _lacking(con, "figures_per_article", "n_figures", view="articles")
+    if lacking:
+        return lacking
     t = query.figures_per_article(con)
-    fig = go.Figure(go.Bar(x=t["n_figures"].to_list(), y=t["articles"].to_list(),
-                           text=t["articles"].to_list(), name="articles",
-                           marker_color=ARTICLE_COLOR))
+    fig = go.Figure(go.Bar(x=[str(v) for v in t["n_figures"].to_list()],
+                           y=t["articles"].to_list(), text=t["articles"].to_list(),
+                           name="articles", marker_color=ARTICLE_COLOR))
     return _layout(fig, "figures_per_article", "Samples (figure images) per article",
-                   xaxis={"title": "samples in the article", "dtick": 1},
-                   yaxis_title="articles", bargap=0.15)
+                   xaxis={"title": "samples in the article", "type": "category"},
+                   yaxis={"title": "articles", "rangemode": "tozero"}, bargap=0.3)
 
 
-def image_sizes(con: duckdb.DuckDBPyConnection) -> go.Figure:
-    """Scatter: stored image width x height, one point per sample, coloured by licence."""
-    t = query.select(con, cols=["key", "license_category", "image_width", "image_height"])
-    traces = []
-    for cat in [c for c in LICENCE_CATEGORIES if c in set(t["license_category"])] + sorted(
-            {c for c in t["license_category"] if c not in LICENCE_CATEGORIES and c}):
-        part = t.filter(t["license_category"] == cat)
-        traces.append(go.Scatter(
-            x=part["image_width"].to_list(), y=part["image_height"].to_list(),
-            text=part["key"].to_list(), mode="markers", name=cat,
-            marker={"color": LICENCE_COLORS.get(cat), "size": 9, "opacity": 0.75},
-            hovertemplate="%{text}<br>%{x} × %{y} px<extra></extra>"))
-    return _layout(go.Figure(traces), "image_sizes", "Stored image sizes (pixels)",
+def image_sizes(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
+    """Scatter: stored image width x height, one point per sample, coloured by licence (a
+    seeded random :data:`SCATTER_MAX` of them on larger datasets)."""
+    lacking = _lacking(con, "image_sizes", "image_width", "image_height")
+    if lacking:
+        return lacking
+    total = con.execute("SELECT count(*) FROM figures").fetchone()[0]
+    lic = "license_category" if query.has_column(con, "license_category") else "NULL"
+    sample = (f" USING SAMPLE reservoir({SCATTER_MAX} ROWS) REPEATABLE (42)"
+              if total > SCATTER_MAX else "")
+    rows = con.execute(f"SELECT key, {lic}, image_width, image_height FROM figures"
+                       f"{sample}").fetchall()
+    by: dict[str, list[tuple]] = {}
+    for key, cat, w, h in rows:
+        by.setdefault(_label(cat), []).append((key, w, h))
+    order = [c for c in CATEGORIES if c in by] + sorted(c for c in by if c not in CATEGORIES)
+    traces = [go.Scatter(
+        x=[r[1] for r in by[cat]], y=[r[2] for r in by[cat]], text=[r[0] for r in by[cat]],
+        mode="markers", name=cat,
+        marker={"color": LICENCE_COLORS.get(cat, SAMPLE_COLOR), "size": 9, "opacity": 0.75},
+        hovertemplate="%{text}<br>%{x} × %{y} px<extra></extra>") for cat in order]
+    title = "Stored image sizes (pixels)"
+    if sample:
+        title += f"<br><sup>a random {SCATTER_MAX:,} of {total:,} samples</sup>"
+    return _layout(go.Figure(traces), "image_sizes", title,
                    xaxis={"title": "width", "rangemode": "tozero"},
                    yaxis={"title": "height", "rangemode": "tozero"})
 
 
 # ------------------------------------------------------------------------------ 02: topics
-
-
-def _label_view(con: duckdb.DuckDBPyConnection, column: str) -> tuple[str, str] | None:
-    """``(view, column name)`` holding taxonomy labels: the samples, else figures_labeled."""
-    for view in ("figures", "figures_labeled"):
-        for name in LABEL_COLUMNS.get(column, (column,)):
-            if query.has_column(con, name, view):
-                return view, name
-    return None
 
 
 def _no_labels(what: str) -> Missing:
@@ -305,52 +367,58 @@ def _labelled_rows(con: duckdb.DuckDBPyConnection, view: str, name: str) -> int:
                        ).fetchone()[0]
 
 
-def topic_status(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+def topic_status(con: duckdb.DuckDBPyConnection) -> Table:
     """Which topic columns this dataset has: where they were found and how many distinct
-    values they hold (0 and a plain status when a later stage has not added them yet)."""
+    values they hold (0, "not yet" and a plain status when a later stage has not added them)."""
     import polars as pl
 
     rows = []
-    for column in LABEL_COLUMNS:
-        found = _label_view(con, column)
-        t = label_table(con, column)
+    for column in query.LABEL_ALIASES:
+        found = query.label_source(con, column)
+        t = _label_frame(con, column)
         n = 0 if isinstance(t, Missing) else t.height
-        rows.append((column, found[0] if found else None, n,
+        rows.append((column, found[0] if found and n else "not yet", n,
                      "available" if n else "no taxonomy labels yet"))
     mesh, note = _quietly(query.mesh_counts, con, per="figures", limit=None)
     n = 0 if mesh is None else mesh.height
-    rows.append(("mesh_terms", None if note else "figures / entrez", n,
+    rows.append(("mesh_terms", "figures / entrez" if n else "not yet", n,
                  "available" if n else "no MeSH terms yet"))
     for column, helper in (("subjects", query.subject_counts), ("keywords", query.keyword_counts)):
         t, _ = _quietly(helper, con, per="figures", limit=None)
         n = 0 if t is None else t.height
-        rows.append((column, "figures" if t is not None else None, n,
+        rows.append((column, "figures" if n else "none", n,
                      "available" if n else "none in this dataset"))
-    return pl.DataFrame({"column": [r[0] for r in rows], "found in": [r[1] for r in rows],
-                         "distinct values": [r[2] for r in rows],
-                         "status": [r[3] for r in rows]})
+    return Table(pl.DataFrame({"column": [r[0] for r in rows], "found in": [r[1] for r in rows],
+                               "distinct values": [r[2] for r in rows],
+                               "status": [r[3] for r in rows]}))
 
 
 def _term_bars(t: pl.DataFrame, column: str, chart: str, title: str) -> go.Figure:
     values = t[column].to_list()
     fig = go.Figure(_hbar(values, t["n"].to_list(), name="samples", color=SAMPLE_COLOR))
     return _layout(fig, chart, title, height=_height(len(values)), xaxis_title="samples",
-                   yaxis={"automargin": True})
+                   yaxis={"automargin": True, "type": "category"})
+
+
+def _label_frame(con: duckdb.DuckDBPyConnection, column: str = "primary_label",
+                 n: int | None = None) -> pl.DataFrame | Missing:
+    found = query.label_source(con, column)
+    if found is None or not _labelled_rows(con, *found):
+        return _no_labels("taxonomy labels")
+    t, _ = _quietly(query.label_counts, con, column, limit=n)
+    return t.drop_nulls(t.columns[0])
 
 
 def label_table(con: duckdb.DuckDBPyConnection, column: str = "primary_label",
-                n: int | None = None) -> pl.DataFrame | Missing:
+                n: int | None = None) -> Table | Missing:
     """Samples per taxonomy label (``primary_label`` or ``secondary_labels``), with shares."""
-    found = _label_view(con, column)
-    if found is None or not _labelled_rows(con, *found):
-        return _no_labels("taxonomy labels")
-    t, _ = _quietly(query.label_counts, con, found[1], limit=n)
-    return t.drop_nulls(t.columns[0])
+    t = _label_frame(con, column, n)
+    return t if isinstance(t, Missing) else Table(t)
 
 
 def primary_labels(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
     """Horizontal bars: samples per primary taxonomy label (BIOMEDICA's 16 top-level classes)."""
-    t = label_table(con, "primary_label")
+    t = _label_frame(con, "primary_label")
     if isinstance(t, Missing):
         return t
     return _term_bars(t, t.columns[0], "primary_labels", "Samples per primary taxonomy label")
@@ -358,7 +426,7 @@ def primary_labels(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
 
 def secondary_labels(con: duckdb.DuckDBPyConnection, n: int = 40) -> go.Figure | Missing:
     """Horizontal bars: the ``n`` most frequent secondary taxonomy labels."""
-    t = label_table(con, "secondary_labels", n)
+    t = _label_frame(con, "secondary_labels", n)
     if isinstance(t, Missing):
         return t
     return _term_bars(t, t.columns[0], "secondary_labels",
@@ -368,11 +436,14 @@ def secondary_labels(con: duckdb.DuckDBPyConnection, n: int = 40) -> go.Figure |
 def label_crosstab(con: duckdb.DuckDBPyConnection, by: str,
                    column: str = "primary_label") -> pl.DataFrame | Missing:
     """Samples per taxonomy label (rows) and ``by`` value (columns: licence category or year)."""
-    found = _label_view(con, column)
+    found = query.label_source(con, column)
     if found is None or not _labelled_rows(con, *found):
         return _no_labels(f"taxonomy labels × {by}")
     view, name = found
-    t = query.crosstab(con, name, by, view=view)
+    t, _ = _quietly(query.crosstab, con, name, by, view=view)
+    if t is None:
+        return Missing(f"taxonomy labels × {by}", f"No sample in this dataset has {by}: "
+                                                  "nothing to cross-tabulate.")
     return t.drop_nulls(name)
 
 
@@ -387,8 +458,8 @@ def label_heatmap(con: duckdb.DuckDBPyConnection, by: str,
         return t
     label_col, cols = t.columns[0], t.columns[1:]
     if by == "license_category":  # the usual order, not alphabetical
-        cols = sorted(cols, key=lambda c: (LICENCE_CATEGORIES.index(c)
-                                           if c in LICENCE_CATEGORIES else 9, c))
+        cols = sorted(cols, key=lambda c: (CATEGORIES.index(c)
+                                           if c in CATEGORIES else 9, c))
     z = [[row[c] for c in cols] for row in t.iter_rows(named=True)]
     what = "licence category" if by == "license_category" else "publication year"
     fig = go.Figure(go.Heatmap(
@@ -419,8 +490,8 @@ def mesh_heatmap(con: duckdb.DuckDBPyConnection, by: str, n: int = 20) -> go.Fig
     """Heatmap of the ``n`` most frequent MeSH terms x ``by`` (``license_category``, ``year``
     or a taxonomy label column such as ``primary_label``), counted in samples."""
     view = "figures"
-    if by in LABEL_COLUMNS:
-        found = _label_view(con, by)
+    if by in query.LABEL_ALIASES:
+        found = query.label_source(con, by)
         if found is None or not _labelled_rows(con, *found):
             return _no_labels(f"MeSH terms × {by}")
         view, by = found
@@ -429,8 +500,8 @@ def mesh_heatmap(con: duckdb.DuckDBPyConnection, by: str, n: int = 20) -> go.Fig
         return _no_mesh(f"MeSH terms × {by}")
     cols = t.columns[1:]
     if by == "license_category":
-        cols = sorted(cols, key=lambda c: (LICENCE_CATEGORIES.index(c)
-                                           if c in LICENCE_CATEGORIES else 9, c))
+        cols = sorted(cols, key=lambda c: (CATEGORIES.index(c)
+                                           if c in CATEGORIES else 9, c))
     z = [[row[c] for c in cols] for row in t.iter_rows(named=True)]
     fig = go.Figure(go.Heatmap(
         z=z, x=cols, y=t["mesh_terms"].to_list(), colorscale="Blues", text=z,
@@ -449,7 +520,7 @@ def mesh_categories(con: duckdb.DuckDBPyConnection, descriptors: str | os.PathLi
         return Missing("MeSH categories", "No MeSH descriptor file given: set the "
                        "`mesh_descriptors` parameter to NLM's descYYYY.xml (or .xml.gz) to roll "
                        "MeSH terms up to their tree categories.")
-    from biomedica_kit.enrich.entrez import load_mesh_descriptors
+    from biomedica_kit.etl.mesh import load_mesh_descriptors
 
     t, _ = _quietly(query.mesh_category_counts, con, load_mesh_descriptors(descriptors),
                     per="figures", level=level)
@@ -459,17 +530,50 @@ def mesh_categories(con: duckdb.DuckDBPyConnection, descriptors: str | os.PathLi
                       f"mesh_{level}", f"Samples per MeSH {level} ({t.height})")
 
 
+#: A publisher's subject code rather than a subject name (e.g. ``AcademicSubjects/SCI01270``,
+#: Oxford University Press's classification codes).
+SUBJECT_CODE = re.compile(r"^[A-Za-z]+/[A-Za-z]*\d+$|^[A-Z]{2,}\d{2,}$")
+
+
+def _subject_frame(con: duckdb.DuckDBPyConnection, codes: bool) -> pl.DataFrame | None:
+    import polars as pl
+
+    t, _ = _quietly(query.subject_counts, con, per="figures", limit=None)
+    if t is None:
+        return None
+    is_code = t["subjects"].map_elements(lambda v: bool(SUBJECT_CODE.match(v)),
+                                         return_dtype=pl.Boolean)
+    return t.filter(is_code if codes else ~is_code)
+
+
 def subjects(con: duckdb.DuckDBPyConnection, n: int = 30) -> go.Figure | Missing:
-    """Horizontal bars: the ``n`` most frequent article subjects (JATS ``subj-group``)."""
-    t = query.subject_counts(con, per="figures", limit=n)
+    """Horizontal bars: the ``n`` most frequent article subjects (JATS ``subj-group``), by
+    name; publishers' subject codes are counted apart (:func:`subject_codes`)."""
+    t = _subject_frame(con, codes=False)
     if t is None or t.is_empty():
         return Missing("subjects", "No article in this dataset lists subjects.")
-    return _term_bars(t, "subjects", "subjects", f"Top {t.height} article subjects (samples)")
+    codes = _subject_frame(con, codes=True)
+    title = f"Top {min(n, t.height)} article subjects (samples)"
+    if codes is not None and codes.height:
+        title += (f"<br><sup>{codes.height} publisher subject codes (such as "
+                  f"{codes['subjects'][0]}) shown apart</sup>")
+    return _term_bars(t.head(n), "subjects", "subjects", title)
+
+
+def subject_codes(con: duckdb.DuckDBPyConnection, n: int = 30) -> go.Figure | Missing:
+    """Horizontal bars: publishers' subject codes (``AcademicSubjects/SCI01270``...), which
+    name a classification entry rather than a subject, kept out of :func:`subjects`."""
+    t = _subject_frame(con, codes=True)
+    if t is None or t.is_empty():
+        return Missing("subject codes", "No article in this dataset lists publisher subject "
+                                        "codes.")
+    return _term_bars(t.head(n), "subjects", "subject_codes",
+                      f"Publisher subject codes ({t.height}, samples)")
 
 
 def keywords(con: duckdb.DuckDBPyConnection, n: int = 30) -> go.Figure | Missing:
     """Horizontal bars: the ``n`` most frequent author keywords (JATS ``kwd``)."""
-    t = query.keyword_counts(con, per="figures", limit=n)
+    t, _ = _quietly(query.keyword_counts, con, per="figures", limit=n)
     if t is None or t.is_empty():
         return Missing("keywords", "No article in this dataset lists author keywords.")
     return _term_bars(t, "keywords", "keywords", f"Top {t.height} author keywords (samples)")

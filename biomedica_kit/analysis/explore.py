@@ -1,407 +1,285 @@
-"""Interactive exploration of a dataset in Jupyter: a filterable image gallery and a subset builder.
+"""Interactive exploration and curation of a dataset in Jupyter: a filterable image gallery
+(ipywidgets) on top of :mod:`~biomedica_kit.analysis.filters` (the selection and its SQL),
+:mod:`~biomedica_kit.analysis.views` (saved views), :mod:`~biomedica_kit.analysis.curation`
+(tags, accept/reject, notes) and :mod:`~biomedica_kit.analysis.gallery` (the cards).
 
-- :class:`Filters` turns the usual choices (licence, taxonomy label, years, journal, caption
-  text) into one SQL predicate over the ``figures`` view: the same predicate the gallery
-  searches with and :func:`biomedica_kit.tables.subset.subset` exports, so what you see is what you
-  get.
-- :func:`search` / :func:`gallery_html` find matching samples and render them as cards: the
-  image (read from its shard by byte offset, as ``figures.parquet`` records it, and
-  thumbnailed), the caption and the inline references that cite the figure.
-- :class:`Explorer` and :class:`SubsetBuilder` are ipywidgets front ends. Each also carries a
-  static HTML snapshot of its current view, so a notebook run headless (papermill, reports)
-  still shows the gallery or the subset preview.
+:class:`Explorer` shows the filter controls (:class:`~biomedica_kit.analysis.panel.FilterPanel`),
+saved views, bulk tagging of the current filter, a paged gallery whose cards have accept /
+reject buttons and open a detail pane (large image, note, tags), and linked charts
+(:meth:`Explorer.chart`) whose bar clicks filter the gallery. It also carries a static HTML
+snapshot of its current view, so a notebook run headless (papermill, reports) still shows the
+gallery. The subset builder is :mod:`biomedica_kit.analysis.builder`.
+
+It works on a dataset without samples (a plain "nothing here yet"), on one without years or
+licences (those controls are disabled) and on tables of millions of rows (journal type-ahead
+instead of a list of every journal; facets are aggregate queries).
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biomedica_kit.analysis import curation
+from biomedica_kit.analysis import views as saved_views
+from biomedica_kit.analysis.filters import (
+    UNKNOWN,
+    FilterError,
+    Filters,
+    count,
+    count_unknown,
+    facets,
+    matches_table,
+    search,
+)
+from biomedica_kit.analysis.gallery import (
+    EMPTY_DATASET,
+    GALLERY_CSS,
+    ZOOM_SIDE,
+    article_links,
+    card_html,
+    gallery_html,
+    sample_thumbnail,
+)
+from biomedica_kit.analysis.panel import ANY, FilterPanel
 from biomedica_kit.tables import query
-from biomedica_kit.analysis.charts import LABEL_COLUMNS, LICENCE_CATEGORIES, LICENCE_COLORS
-from biomedica_kit.tables.export import sql_literal
 
 if TYPE_CHECKING:
-    import duckdb
+    import plotly.graph_objects as go
     import polars as pl
 
-    from biomedica_kit.tables.subset import SubsetSummary
-
-#: Columns a gallery card shows (those the dataset has are read).
-CARD_COLUMNS = ("key", "shard", "image_ext", "image_offset", "image_length", "caption",
-                "figure_label", "title", "journal", "year", "license_category", "pmcid", "doi",
-                "inline_refs", "image_width", "image_height")
-THUMB_SIDE = 360
-ANY = "(any)"
+__all__ = ["Explorer", "Filters", "LinkedChart", "open_dataset"]
 
 
-# --------------------------------------------------------------------------------- filters
-
-
-@dataclass(frozen=True)
-class Filters:
-    """A selection of samples; empty fields do not filter.
-
-    ``text`` matches the caption case-insensitively (SQL ``ILIKE``: ``%`` and ``_`` in it act
-    as wildcards). ``label`` matches the primary taxonomy label.
-    """
-
-    licences: tuple[str, ...] = ()
-    label: str | None = None
-    years: tuple[int, int] | None = None
-    journal: str | None = None
-    text: str | None = None
-
-    def where(self, con: duckdb.DuckDBPyConnection | None = None) -> str:
-        """One SQL boolean expression over ``figures`` (``TRUE`` when nothing is chosen).
-
-        Values are written as escaped literals (not bound parameters) so the predicate can be
-        shown, copied into ``biomedica subset --where`` and recorded in a subset's manifest.
-        ``con`` is needed only for a label filter, to find where the labels live.
-        """
-        parts = []
-        if self.licences:
-            parts.append("license_category IN (" +
-                         ", ".join(sql_literal(c) for c in self.licences) + ")")
-        if self.label:
-            parts.append(_label_predicate(con, self.label))
-        if self.years:
-            y0, y1 = sorted(int(y) for y in self.years)
-            parts.append(f"year BETWEEN {y0} AND {y1}")
-        if self.journal:
-            parts.append(f"journal = {sql_literal(self.journal)}")
-        if self.text and self.text.strip():
-            parts.append(f"caption ILIKE {sql_literal('%' + self.text.strip() + '%')}")
-        return " AND ".join(parts) or "TRUE"
-
-    def describe(self) -> str:
-        """The filters in words (for headings and summaries)."""
-        bits = []
-        if self.licences:
-            bits.append("licence " + " or ".join(self.licences))
-        if self.label:
-            bits.append(f"label {self.label}")
-        if self.years:
-            bits.append(f"years {min(self.years)}–{max(self.years)}")
-        if self.journal:
-            bits.append(f"journal {self.journal}")
-        if self.text and self.text.strip():
-            bits.append(f"caption contains “{self.text.strip()}”")
-        return ", ".join(bits) or "all samples"
-
-
-def _label_predicate(con: duckdb.DuckDBPyConnection | None, label: str) -> str:
-    if con is None:
-        raise ValueError("a label filter needs the connection to find the labels")
-    for name in LABEL_COLUMNS["primary_label"]:
-        if query.has_column(con, name, "figures"):
-            return f"{query.quote_ident(name)} = {sql_literal(label)}"
-    for name in LABEL_COLUMNS["primary_label"]:
-        if query.has_column(con, name, "labels"):
-            # Labels kept beside the samples (labels/*.parquet): select by key, so the
-            # predicate stays one expression over the figures view.
-            return (f"key IN (SELECT key FROM labels WHERE {query.quote_ident(name)} = "
-                    f"{sql_literal(label)})")
-    raise ValueError(f"cannot filter by label {label!r}: this dataset has no taxonomy labels")
-
-
-@dataclass(frozen=True)
-class Facets:
-    """The values each filter can take in a dataset (for the widgets' choices)."""
-
-    licences: list[str]
-    labels: list[str]
-    years: tuple[int, int] | None
-    journals: list[str]
-    total: int
-
-
-def facets(con: duckdb.DuckDBPyConnection) -> Facets:
-    """Licence categories, labels, year range and journals present, most frequent first."""
-    lic = query.license_counts(con)
-    present = set(lic["license_category"].to_list()) if lic is not None else set()
-    licences = [c for c in LICENCE_CATEGORIES if c in present] + sorted(
-        c for c in present if c and c not in LICENCE_CATEGORIES)
-    labels: list[str] = []
-    for name in LABEL_COLUMNS["primary_label"]:
-        for view in ("figures", "figures_labeled"):
-            if not labels and query.has_column(con, name, view):
-                t = query.count_by(con, name, view=view, dropna=True)
-                labels = [str(v) for v in t[name].to_list()]
-    y0, y1 = con.execute("SELECT min(year), max(year) FROM figures").fetchone()
-    journals = query.journal_counts(con, per="figures", limit=None)
-    total = con.execute("SELECT count(*) FROM figures").fetchone()[0]
-    return Facets(licences=licences, labels=labels,
-                  years=(int(y0), int(y1)) if y0 is not None else None,
-                  journals=[j for j in journals["journal"].to_list() if j is not None],
-                  total=total)
-
-
-# ---------------------------------------------------------------------------------- search
-
-
-def count(con: duckdb.DuckDBPyConnection, filters: Filters) -> int:
-    """How many samples match ``filters``."""
-    return con.execute(f"SELECT count(*) FROM figures WHERE ({filters.where(con)})").fetchone()[0]
-
-
-def search(con: duckdb.DuckDBPyConnection, filters: Filters, *, limit: int = 12,
-           offset: int = 0) -> list[dict[str, Any]]:
-    """The matching samples (gallery columns), in a stable order (year, newest first; key)."""
-    have = query.columns(con, "figures")
-    cols = ", ".join(query.quote_ident(c) for c in CARD_COLUMNS if c in have)
-    sql = (f"SELECT {cols} FROM figures WHERE ({filters.where(con)}) "
-           f"ORDER BY year DESC NULLS LAST, key LIMIT {int(limit)} OFFSET {int(offset)}")
-    cur = con.execute(sql)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def matches_table(con: duckdb.DuckDBPyConnection, filters: Filters, *,
-                  limit: int = 50) -> pl.DataFrame:
-    """The first ``limit`` matches as a table (key, figure, journal, year, licence, caption)."""
-    import polars as pl
-
-    rows = search(con, filters, limit=limit)
-    return pl.DataFrame({
-        "key": [r["key"] for r in rows],
-        "figure": [r.get("figure_label") for r in rows],
-        "journal": [r.get("journal") for r in rows],
-        "year": [r.get("year") for r in rows],
-        "license_category": [r.get("license_category") for r in rows],
-        "caption": [_clip(r.get("caption") or "", 120) for r in rows],
-    }, schema={"key": pl.String, "figure": pl.String, "journal": pl.String, "year": pl.Int64,
-               "license_category": pl.String, "caption": pl.String})
-
-
-def read_image(dataset: str | os.PathLike, row: dict[str, Any]) -> bytes:
-    """A sample's image bytes, read from its shard at the offset ``figures.parquet`` records."""
-    path = Path(dataset) / row["shard"]
-    with open(path, "rb") as f:
-        f.seek(row["image_offset"])
-        data = f.read(row["image_length"])
-    if len(data) != row["image_length"]:
-        raise ValueError(f"{path}: short read for {row['key']} (metadata stale? re-export)")
-    return data
-
-
-def thumbnail(data: bytes, side: int = THUMB_SIDE) -> tuple[str, str]:
-    """``(mime, base64)`` of a JPEG thumbnail at most ``side`` pixels on its longer side.
-
-    Why: stored images can be 4096 px; inlining them whole would make a gallery page (and the
-    notebook) tens of megabytes.
-    """
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.thumbnail((side, side))
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=82)
-    return "image/jpeg", base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-# --------------------------------------------------------------------------------- gallery
-
-_GALLERY_CSS = """<style>
-.bk-gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:14px;
-  font:13px/1.4 system-ui,sans-serif}
-.bk-card{border:1px solid #d8dde6;border-radius:6px;padding:8px;background:#fff}
-.bk-card img{width:100%;height:220px;object-fit:contain;background:#f4f6fa}
-.bk-meta{color:#4a5366;margin:4px 0}
-.bk-lic{display:inline-block;padding:0 6px;border-radius:8px;color:#fff;font-size:11px}
-.bk-cap{margin:4px 0}
-.bk-card details{margin-top:4px} .bk-card summary{cursor:pointer;color:#3d5a98}
-.bk-card mark{background:#fff1a8}
-.bk-card ol{padding-left:18px;margin:4px 0}
-.bk-head{font:14px system-ui,sans-serif;margin:6px 0}
-</style>"""
-
-
-def _clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1].rstrip() + "…"
-
-
-def _highlight(paragraph: str, sentences: Sequence[str]) -> str:
-    """The paragraph, escaped, with the sentences that cite the figure marked."""
-    out = html.escape(paragraph)
-    for s in sorted({s for s in sentences if s}, key=len, reverse=True):
-        esc = html.escape(s)
-        out = out.replace(esc, f"<mark>{esc}</mark>", 1)
-    return out
-
-
-def card_html(dataset: str | os.PathLike, row: dict[str, Any]) -> str:
-    """One gallery card: thumbnail, figure label, article, licence, caption, inline refs."""
-    e = html.escape
-    try:
-        mime, b64 = thumbnail(read_image(dataset, row))
-        img = f'<img src="data:{mime};base64,{b64}" alt="{e(row.get("figure_label") or "")}">'
-    except (OSError, ValueError) as exc:  # unreadable image: say so on the card
-        img = f'<div class="bk-meta">image unavailable: {e(str(exc))}</div>'
-    lic = row.get("license_category") or "unknown"
-    color = LICENCE_COLORS.get(lic, "#555")
-    ident = row.get("pmcid") or (f"doi:{row['doi']}" if row.get("doi") else row["key"])
-    meta = " · ".join(e(str(x)) for x in (row.get("journal"), row.get("year"), ident) if x)
-    cap = row.get("caption") or ""
-    cap_html = e(_clip(cap, 300))
-    if len(cap) > 300:
-        cap_html += f"<details><summary>full caption</summary>{e(cap)}</details>"
-    refs = row.get("inline_refs") or []
-    refs_html = ""
-    if refs:
-        items = "".join(
-            f"<li>{('<b>' + e(r['section']) + ':</b> ') if r.get('section') else ''}"
-            f"{_highlight(r.get('paragraph') or '', r.get('sentences') or [])}</li>"
-            for r in refs)
-        refs_html = (f"<details><summary>inline references ({len(refs)})</summary>"
-                     f"<ol>{items}</ol></details>")
-    size = (f" · {row['image_width']}×{row['image_height']} px"
-            if row.get("image_width") else "")
-    return (f'<div class="bk-card" data-key="{e(row["key"])}">{img}'
-            f'<div class="bk-meta"><b>{e(row.get("figure_label") or row["key"])}</b>'
-            f'{e(size)} <span class="bk-lic" style="background:{color}">{e(lic)}</span></div>'
-            f'<div class="bk-meta">{meta}</div>'
-            f'<div class="bk-meta"><i>{e(_clip(row.get("title") or "", 140))}</i></div>'
-            f'<div class="bk-cap">{cap_html}</div>{refs_html}</div>')
-
-
-def gallery_html(dataset: str | os.PathLike, rows: list[dict[str, Any]], *,
-                 heading: str = "") -> str:
-    """A self-contained HTML grid of cards (CSS and thumbnails inline)."""
-    head = f'<div class="bk-head">{html.escape(heading)}</div>' if heading else ""
-    if not rows:
-        return f"{_GALLERY_CSS}{head}<p>No sample matches these filters.</p>"
-    cards = "".join(card_html(dataset, r) for r in rows)
-    return f'{_GALLERY_CSS}{head}<div class="bk-gallery">{cards}</div>'
-
-
-# ------------------------------------------------------------------------------- widgets
-
-
-def _filter_widgets(fa: Facets, initial: Filters) -> dict[str, Any]:
-    """The filter controls, set to ``initial`` (values absent from the dataset are dropped)."""
-    import ipywidgets as w
-
-    wide = w.Layout(width="auto")
-    licences = w.SelectMultiple(options=fa.licences,
-                                value=tuple(c for c in initial.licences if c in fa.licences),
-                                rows=max(1, min(3, len(fa.licences))), description="licence",
-                                layout=wide)
-    label = w.Dropdown(options=[ANY, *fa.labels],
-                       value=initial.label if initial.label in fa.labels else ANY,
-                       description="label", disabled=not fa.labels, layout=wide,
-                       tooltip=None if fa.labels else "no taxonomy labels in this dataset yet")
-    y0, y1 = fa.years or (0, 0)
-    years = w.IntRangeSlider(min=y0, max=max(y1, y0), value=tuple(initial.years or (y0, y1)),
-                             description="years", disabled=fa.years is None,
-                             continuous_update=False, layout=wide)
-    journal = w.Dropdown(options=[ANY, *fa.journals],
-                         value=initial.journal if initial.journal in fa.journals else ANY,
-                         description="journal", layout=wide)
-    text = w.Text(value=initial.text or "", description="caption",
-                  placeholder="text in the caption", continuous_update=False, layout=wide)
-    return {"licences": licences, "label": label, "years": years, "journal": journal,
-            "text": text}
-
-
-def _filters_from(ws: dict[str, Any], fa: Facets) -> Filters:
-    years = tuple(ws["years"].value)
-    return Filters(
-        licences=tuple(ws["licences"].value),
-        label=None if ws["label"].value == ANY else ws["label"].value,
-        # The full range is no filter: samples without a year stay in.
-        years=None if fa.years is None or years == fa.years else years,
-        journal=None if ws["journal"].value == ANY else ws["journal"].value,
-        text=ws["text"].value or None)
+def open_dataset(dataset: str | os.PathLike) -> Any:
+    """A query connection with the curation ``tags`` view (exports stale metadata first)."""
+    con = query.connect(dataset)
+    curation.attach(con, dataset)
+    return con
 
 
 @dataclass
 class Explorer:
-    """A filterable gallery of a dataset's samples (ipywidgets; snapshot HTML when headless).
+    """A filterable, curatable gallery of a dataset's samples (ipywidgets; snapshot HTML when
+    headless).
 
     Display it in a notebook (last expression of a cell). Changing a filter re-queries the
-    metadata and redraws the page; ``◀`` / ``▶`` page through the matches.
+    metadata and redraws the page; ``◀`` / ``▶`` page through the matches. Each card has
+    accept / reject buttons and opens a detail pane (large image, note, tags). ``view`` opens
+    a saved view instead of ``filters``. ``snapshot_pages`` pages of cards go into the static
+    snapshot that headless runs and reports show.
     """
 
     dataset: str | os.PathLike
     filters: Filters = field(default_factory=Filters)
     page_size: int = 12
+    view: str | None = None
+    snapshot_pages: int = 3
 
     def __post_init__(self) -> None:
         import ipywidgets as w
 
-        self.con = query.connect(self.dataset)
+        self.con = open_dataset(self.dataset)
+        self.store = curation.TagStore(self.dataset)
         self.facets = facets(self.con)
+        if self.view:
+            self.filters = saved_views.load_view(self.dataset, self.view).filters
         self.page = 0
-        self.controls = _filter_widgets(self.facets, self.filters)
-        self.filters = _filters_from(self.controls, self.facets)
+        self.panel = FilterPanel(self.con, self.facets, self.filters, self._on_filter)
+        self.filters = self.panel.filters
+        self._charts: list[tuple[str, Any]] = []
         self._prev = w.Button(description="◀", layout=w.Layout(width="40px"))
         self._next = w.Button(description="▶", layout=w.Layout(width="40px"))
-        self._status = w.HTML()
-        self._gallery = w.HTML()
-        self._where = w.HTML()
-        for c in self.controls.values():
-            c.observe(self._on_filter, names="value")
         self._prev.on_click(lambda _: self._turn(-1))
         self._next.on_click(lambda _: self._turn(+1))
-        self.widget = w.VBox([
-            w.HBox([w.VBox([self.controls["licences"], self.controls["label"]]),
-                    w.VBox([self.controls["years"], self.controls["journal"],
-                            self.controls["text"]])]),
-            w.HBox([self._prev, self._next, self._status]), self._where, self._gallery])
+        self._status, self._where, self._note = w.HTML(), w.HTML(), w.HTML()
+        self._cards = w.GridBox(layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(300px, 1fr))", grid_gap="14px"))
+        self._detail = w.VBox(layout=w.Layout(display="none"))
+        self._views = _ViewsBar(self)
+        self._bulk = _BulkBar(self)
+        empty = self.facets.total == 0
+        self.widget = w.VBox([w.HTML(GALLERY_CSS)] + ([w.HTML(
+            f'<p class="bk-empty">{html.escape(EMPTY_DATASET)}</p>')] if empty else [
+            self.panel.widget, self._views.widget, self._bulk.widget,
+            w.HBox([self._prev, self._next, self._status]), self._where, self._note,
+            self._detail, self._cards]))
         self.refresh()
+
+    # ------------------------------------------------------------------------- state
 
     @property
     def matches(self) -> int:
         """How many samples match the current filters."""
         return count(self.con, self.filters)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The samples on the current page."""
-        return search(self.con, self.filters, limit=self.page_size,
-                      offset=self.page * self.page_size)
+    def rows(self, limit: int | None = None, offset: int | None = None) -> list[dict[str, Any]]:
+        """The samples on the current page (or ``limit`` from ``offset``)."""
+        return search(self.con, self.filters, limit=limit or self.page_size,
+                      offset=self.page * self.page_size if offset is None else offset)
 
     def table(self, limit: int = 50) -> pl.DataFrame:
         """The first ``limit`` matches as a table."""
         return matches_table(self.con, self.filters, limit=limit)
 
+    @property
+    def where(self) -> str:
+        """The predicate of the current filters (for ``biomedica subset --where``)."""
+        return self.filters.where(self.con)
+
     def html(self) -> str:
-        """The current page as static HTML (heading, predicate, cards)."""
-        return gallery_html(self.dataset, self.rows(), heading=self._heading())
+        """The static snapshot: heading, predicate and ``snapshot_pages`` pages of cards."""
+        if self.facets.total == 0:
+            return gallery_html(self.dataset, [], empty=EMPTY_DATASET)
+        rows = self.rows(limit=self.page_size * max(1, self.snapshot_pages), offset=0)
+        where = f"<div class='bk-head'>predicate: <code>{html.escape(self.where)}</code></div>"
+        return where + gallery_html(self.dataset, rows, heading=self._heading(len(rows)),
+                                    page_size=self.page_size, store=self.store)
 
     def set_filters(self, **changes: Any) -> None:
-        """Change filters from code (same names as :class:`Filters`) and redraw."""
-        self.filters = replace(self.filters, **changes)
-        self.page = 0
+        """Change filters from code (names of :class:`Filters`); the controls follow."""
+        self.panel.set(replace(self.filters, **changes))
+
+    def save_view(self, name: str, description: str = "") -> saved_views.View:
+        """Save the current filters as view ``name`` (``DATASET/views/<name>.json``)."""
+        v = saved_views.save_view(self.dataset, name, self.filters, description=description,
+                                  con=self.con)
+        self._views.reload(selected=name)
+        return v
+
+    def load_view(self, name: str) -> None:
+        """Show saved view ``name``."""
+        self.panel.set(saved_views.load_view(self.dataset, name).filters)
+
+    def tag_matches(self, tag: str) -> int:
+        """Tag every sample matching the current filters (bulk tagging); returns how many
+        samples got the tag."""
+        n = self.store.tag_where(self.con, self.where, tag)
+        self._refresh_tags()
+        return n
+
+    def untag_matches(self, tag: str) -> int:
+        """Remove ``tag`` from every sample matching the current filters."""
+        keys = [r[0] for r in self.con.execute(
+            f"SELECT key FROM figures WHERE ({self.where})").fetchall()]
+        n = self.store.untag(keys, tag, origin=f"bulk: {self.where}")
+        self._refresh_tags()
+        return n
+
+    def decide(self, key: str, decision: str | None) -> None:
+        """Accept (``"accept"``), reject (``"reject"``) or undecide (None) one sample."""
+        self.store.decide([key], decision, origin="card")
         self.refresh()
 
+    # ------------------------------------------------------------------------ charts
+
+    def chart(self, by: str = "year") -> LinkedChart:
+        """A bar chart of the matches per ``by`` (``year``, ``license_category``,
+        ``figure_kind``, ``article_type`` or ``journal``) whose bars filter the gallery:
+        click a bar (or box-select several) to keep only those samples. It counts under the
+        other filters and redraws with them (a plotly FigureWidget; the clicks need a live
+        Jupyter frontend, static pages show the counts as a table)."""
+        import plotly.graph_objects as go
+
+        if by not in _CHART_FILTERS:
+            raise ValueError(f"by must be one of {list(_CHART_FILTERS)}, not {by!r}")
+        fig = go.FigureWidget(go.Bar(x=[], y=[], marker_color="#3d5a98", name="samples"))
+        fig.update_layout(template="plotly_white", height=300, dragmode="select",
+                          margin={"l": 50, "r": 20, "t": 40, "b": 40}, meta={"chart": f"by_{by}"},
+                          title={"text": f"Matches per {by} (click or select to filter)",
+                                 "x": 0.01},
+                          xaxis={"type": "category", "title": by}, yaxis={"title": "samples"})
+        bar = fig.data[0]
+        bar.on_click(lambda _trace, points, _state: self._chart_pick(by, points.xs))
+        bar.on_selection(lambda _trace, points, _state: self._chart_pick(by, points.xs))
+        self._charts.append((by, fig))
+        self._redraw_chart(by, fig)
+        return LinkedChart(by, fig)
+
+    def _chart_pick(self, by: str, xs: Sequence[Any]) -> None:
+        if not xs:
+            return
+        values = [str(x) for x in xs]
+        if by == "year":
+            years = [int(v) for v in values if v != UNKNOWN]
+            if years:
+                self.set_filters(years=(min(years), max(years)),
+                                 years_unknown=UNKNOWN in values)
+            return
+        name = _CHART_FILTERS[by]
+        self.set_filters(**{name: values[0] if name == "journal" else tuple(values)})
+
+    def _redraw_chart(self, by: str, fig: Any) -> None:
+        if not query.has_column(self.con, by):
+            fig.data[0].x, fig.data[0].y = [], []
+            return
+        loose = replace(self.filters, **{_CHART_FILTERS[by]: _CLEAR[_CHART_FILTERS[by]]})
+        order = "1" if by == "year" else "2 DESC, 1"
+        rows = self.con.execute(
+            f"SELECT coalesce({query.quote_ident(by)}::VARCHAR, ?), count(*) FROM figures "
+            f"WHERE ({loose.where(self.con)}) GROUP BY 1 ORDER BY {order} LIMIT 40",
+            [UNKNOWN]).fetchall()
+        with fig.batch_update():
+            fig.data[0].x = [r[0] for r in rows]
+            fig.data[0].y = [r[1] for r in rows]
+
+    # ------------------------------------------------------------------------ redraw
+
     def refresh(self) -> None:
-        """Re-run the query and redraw status, predicate and gallery."""
-        n = self.matches
+        """Re-run the query and redraw status, predicate, cards and linked charts."""
+        if self.facets.total == 0:
+            return
+        try:
+            n = self.matches
+        except FilterError as exc:
+            self._status.value = f"<b style='color:#b00020'>{html.escape(str(exc))}</b>"
+            return
         last = max(0, (n - 1) // self.page_size)
         self.page = min(self.page, last)
         self._prev.disabled = self.page == 0
         self._next.disabled = self.page >= last
-        self._status.value = f"<b>{html.escape(self._heading())}</b>"
-        self._where.value = (f"<code>{html.escape(self.filters.where(self.con))}</code>")
-        self._gallery.value = gallery_html(self.dataset, self.rows())
+        self._status.value = f"<b>{html.escape(self._heading(n))}</b>"
+        self._where.value = f"<code>{html.escape(self.where)}</code>"
+        left_out = count_unknown(self.con, self.filters)
+        self._note.value = "".join(
+            f"<i>{v:,} samples without {'a year' if k == 'years' else 'a size'} are left out "
+            f"(tick “include unknown” to keep them).</i> " for k, v in left_out.items() if v)
+        self._draw_cards(self.rows())
+        self._bulk.update(n)
+        for by, fig in self._charts:
+            self._redraw_chart(by, fig)
 
-    def _heading(self) -> str:
-        n = self.matches
+    def _draw_cards(self, rows: list[dict[str, Any]]) -> None:
+        import ipywidgets as w
+
+        if not rows:
+            self._cards.children = [w.HTML('<p class="bk-empty">No sample matches these '
+                                           'filters.</p>')]
+            return
+        keys = [r["key"] for r in rows]
+        dec, tg, nt = (self.store.decisions(keys), self.store.tags_of(keys),
+                       self.store.notes(keys))
+        self._cards.children = [
+            _card_widget(self, r, dec.get(r["key"]), tg.get(r["key"], ()), nt.get(r["key"]))
+            for r in rows]
+
+    def _refresh_tags(self) -> None:
+        self.facets = replace(self.facets, tags=facets(self.con).tags)
+        box = self.panel.tags
+        box.allowed_tags = sorted(set(box.allowed_tags) | set(self.facets.tags))
+        self.refresh()
+
+    def _heading(self, n: int | None = None) -> str:
+        n = self.matches if n is None else n
         first = self.page * self.page_size
         shown = f"{first + 1}–{min(n, first + self.page_size)} of " if n else ""
-        return f"{shown}{n} matching samples ({self.filters.describe()})"
+        return f"{shown}{n:,} matching samples ({self.filters.describe()})"
 
-    def _on_filter(self, _change: Any) -> None:
-        self.filters = _filters_from(self.controls, self.facets)
+    def _on_filter(self, filters: Filters) -> None:
+        self.filters = filters
         self.page = 0
         self.refresh()
 
@@ -409,124 +287,197 @@ class Explorer:
         self.page = max(0, self.page + step)
         self.refresh()
 
+    def open_detail(self, row: dict[str, Any]) -> None:
+        """Show one sample in the detail pane: large image, caption, note and tags."""
+        self._detail.children = _detail_children(self, row)
+        self._detail.layout.display = None
+
+    def close_detail(self) -> None:
+        """Hide the detail pane."""
+        self._detail.children = []
+        self._detail.layout.display = "none"
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         # Live frontends render the widget; static renderers (nbconvert, GitHub) fall back to
         # the snapshot of the current page.
         bundle = self.widget._repr_mimebundle_(**kwargs) or {}
         bundle["text/html"] = self.html()
-        bundle["text/plain"] = f"Explorer: {self._heading()}"
+        bundle["text/plain"] = (f"Explorer: {EMPTY_DATASET}" if self.facets.total == 0
+                                else f"Explorer: {self._heading()}")
         return bundle
 
 
 @dataclass
-class SubsetBuilder:
-    """Choose samples with the explorer's filters and export them as a new dataset.
+class LinkedChart:
+    """A chart from :meth:`Explorer.chart`: ``figure`` is the live FigureWidget; static
+    renderers get its counts as a table."""
 
-    The preview shows the predicate, the number of matching samples per licence category and
-    the first few matches; ``Export`` calls :func:`biomedica_kit.tables.subset.subset` with that
-    predicate and ``out``. :meth:`export` does the same from code (headless runs).
-    """
-
-    dataset: str | os.PathLike
-    filters: Filters = field(default_factory=Filters)
-    out: str | os.PathLike | None = None
-    preview_size: int = 6
-
-    def __post_init__(self) -> None:
-        import ipywidgets as w
-
-        self.con = query.connect(self.dataset)
-        self.facets = facets(self.con)
-        self.controls = _filter_widgets(self.facets, self.filters)
-        self.filters = _filters_from(self.controls, self.facets)
-        self.result: SubsetSummary | None = None
-        self._out = w.Text(value=str(self.out or ""), description="export to",
-                           placeholder="new dataset folder", layout=w.Layout(width="60%"))
-        self._button = w.Button(description="Export subset", button_style="primary",
-                                icon="download")
-        self._preview = w.HTML()
-        self._message = w.HTML()
-        for c in self.controls.values():
-            c.observe(self._on_filter, names="value")
-        self._button.on_click(lambda _: self._on_export())
-        self.widget = w.VBox([
-            w.HBox([w.VBox([self.controls["licences"], self.controls["label"]]),
-                    w.VBox([self.controls["years"], self.controls["journal"],
-                            self.controls["text"]])]),
-            w.HBox([self._out, self._button]), self._message, self._preview])
-        self._preview.value = self.preview_html()
-
-    @property
-    def where(self) -> str:
-        """The predicate the current filters select."""
-        return self.filters.where(self.con)
-
-    def counts(self) -> dict[str, int]:
-        """Matching samples per licence category (the subsets the export will write)."""
-        rows = self.con.execute(
-            f"SELECT license_category, count(*) FROM figures WHERE ({self.where}) "
-            f"GROUP BY 1 ORDER BY 1").fetchall()
-        return {str(k): v for k, v in rows}
-
-    def preview_html(self) -> str:
-        """Predicate, per-licence counts and a few matching cards, as static HTML."""
-        counts = self.counts()
-        total = sum(counts.values())
-        by = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
-        head = (f"<div class='bk-head'><b>{total} of {self.facets.total} samples selected</b> "
-                f"({html.escape(by)})<br>predicate: <code>{html.escape(self.where)}</code></div>")
-        rows = search(self.con, self.filters, limit=self.preview_size)
-        return head + gallery_html(self.dataset, rows)
-
-    def export(self, where: str | None = None,
-               out: str | os.PathLike | None = None) -> SubsetSummary:
-        """Write the subset: ``where`` (default: the current filters' predicate) into ``out``
-        (default: the builder's ``out``). Returns the subset's summary."""
-        from biomedica_kit.tables.subset import subset
-
-        target = out or self.out or self._out.value
-        if not target:
-            raise ValueError("no output folder: pass out= or fill in 'export to'")
-        self.result = subset(self.dataset, where or self.where, target)
-        return self.result
-
-    def _on_filter(self, _change: Any) -> None:
-        self.filters = _filters_from(self.controls, self.facets)
-        self._preview.value = self.preview_html()
-
-    def _on_export(self) -> None:
-        from biomedica_kit.tables.subset import PredicateError
-
-        self._button.disabled = True
-        self._message.value = "exporting…"
-        try:
-            s = self.export(out=self._out.value or None)
-            self._message.value = f"<p>{html.escape(summary_text(s))}</p>"
-        except (PredicateError, ValueError, OSError) as exc:
-            self._message.value = f"<p style='color:#b00020'>{html.escape(str(exc))}</p>"
-        finally:
-            self._button.disabled = False
+    by: str
+    figure: go.FigureWidget
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/html"] = self.preview_html()
-        bundle["text/plain"] = (f"SubsetBuilder: {sum(self.counts().values())} samples selected "
-                                f"by {self.where}")
+        import polars as pl
+
+        from biomedica_kit.analysis.display import table_html
+
+        bar = self.figure.data[0]
+        counts = pl.DataFrame({self.by: [str(x) for x in bar.x or ()],
+                               "samples": list(bar.y or ())},
+                              schema={self.by: pl.String, "samples": pl.Int64})
+        bundle = self.figure._repr_mimebundle_(**kwargs) or {}
+        bundle["text/html"] = table_html(counts, caption=f"matches per {self.by} (the "
+                                                         "interactive chart needs Jupyter)")
+        bundle["text/plain"] = f"LinkedChart({self.by}): {counts.height} bars"
         return bundle
 
 
-def summary_text(s: SubsetSummary) -> str:
-    """One line describing an exported subset."""
-    by = ", ".join(f"{k}={v}" for k, v in s.samples_by_subset.items())
-    return (f"wrote {s.samples} samples ({by}) from {s.articles} articles in {s.shards} "
-            f"shards to {s.out} (version {s.dataset_version}, {s.seconds:.1f} s)")
+#: Chart dimension -> the Filters field its bars set.
+_CHART_FILTERS = {"year": "years", "license_category": "licences", "figure_kind": "kinds",
+                  "article_type": "article_types", "journal": "journal"}
+_CLEAR: dict[str, Any] = {"years": None, "licences": (), "kinds": (), "article_types": (),
+                          "journal": None}
 
 
-def verify_text(dataset: str | os.PathLike) -> str:
-    """``biomedica verify``'s verdict on a dataset, as one line (errors listed)."""
-    from biomedica_kit.dataset.shards import verify
+def _card_widget(ex: Explorer, row: dict[str, Any], decision: str | None,
+                 tags: Sequence[str], note: str | None) -> Any:
+    """One live card: the card HTML and its accept / reject / details buttons."""
+    import ipywidgets as w
 
-    res = verify(Path(dataset))
-    head = (f"{'OK' if res.ok else 'FAILED'}: {res.shards} shards, {res.samples} samples, "
-            f"{len(res.errors)} errors")
-    return "\n".join([head, *res.errors])
+    key = row["key"]
+    accept = w.Button(description="accept", icon="check", tooltip="accept this sample",
+                      button_style="success" if decision == "accept" else "",
+                      layout=w.Layout(width="auto"))
+    reject = w.Button(description="reject", icon="times", tooltip="reject this sample",
+                      button_style="danger" if decision == "reject" else "",
+                      layout=w.Layout(width="auto"))
+    detail = w.Button(description="details", icon="search-plus",
+                      tooltip="large image, note and tags", layout=w.Layout(width="auto"))
+    accept.on_click(lambda _: ex.decide(key, None if decision == "accept" else "accept"))
+    reject.on_click(lambda _: ex.decide(key, None if decision == "reject" else "reject"))
+    detail.on_click(lambda _: ex.open_detail(row))
+    body = w.HTML(card_html(ex.dataset, row, decision=decision, tags=tags, note=note))
+    card = w.VBox([body, w.HBox([accept, reject, detail])])
+    card.add_class("bk-card-widget")
+    card.key = key
+    return card
+
+
+def _detail_children(ex: Explorer, row: dict[str, Any]) -> list[Any]:
+    import ipywidgets as w
+
+    e = html.escape
+    key = row["key"]
+    try:
+        mime, b64 = sample_thumbnail(ex.dataset, row, ZOOM_SIDE)
+        img = (f'<img src="data:{mime};base64,{b64}" style="max-width:100%;max-height:80vh;'
+               f'object-fit:contain;background:#f4f6fa" alt="{e(key)}">')
+    except (OSError, ValueError) as exc:
+        img = f"<p>image unavailable: {e(str(exc))}</p>"
+    info = (f"<div class='bk-head'><b>{e(row.get('figure_label') or key)}</b> · "
+            f"{article_links(row) or e(key)} · <code>{e(key)}</code></div>{img}"
+            f"<p style='font:13px system-ui'>{e(row.get('caption') or '')}</p>")
+    note = w.Textarea(value=ex.store.notes([key]).get(key, ""), placeholder="note",
+                      layout=w.Layout(width="60%", height="70px"))
+    tags = w.TagsInput(value=ex.store.tags_of([key]).get(key, []),
+                       allowed_tags=sorted(set(ex.facets.tags)), allow_duplicates=False)
+    new_tag = w.Text(placeholder="new tag", layout=w.Layout(width="160px"))
+    save = w.Button(description="save note and tags", button_style="primary", icon="save")
+    close = w.Button(description="close", icon="times")
+
+    def on_save(_: Any) -> None:
+        ex.store.note(key, note.value, origin="card")
+        wanted = set(tags.value) | ({new_tag.value.strip()} if new_tag.value.strip() else set())
+        have = set(ex.store.tags_of([key]).get(key, []))
+        for t in sorted(wanted - have):
+            ex.store.tag([key], t, origin="card")
+        for t in sorted(have - wanted):
+            ex.store.untag([key], t, origin="card")
+        ex._refresh_tags()
+        ex.close_detail()
+
+    save.on_click(on_save)
+    close.on_click(lambda _: ex.close_detail())
+    return [w.HTML(info), note, w.HBox([tags, new_tag]), w.HBox([save, close])]
+
+
+class _ViewsBar:
+    """Saved views: pick one to load it, or name and save the current filters."""
+
+    def __init__(self, ex: Explorer) -> None:
+        import ipywidgets as w
+
+        self.ex = ex
+        self.pick = w.Dropdown(description="view", options=[], layout=w.Layout(width="300px"),
+                               style={"description_width": "90px"})
+        self.name = w.Text(placeholder="name for the current filters",
+                           layout=w.Layout(width="240px"))
+        self.save = w.Button(description="save view", icon="bookmark")
+        self.delete = w.Button(description="delete", icon="trash")
+        self.message = w.HTML()
+        self.save.on_click(lambda _: self._save())
+        self.delete.on_click(lambda _: self._delete())
+        self.pick.observe(self._load, names="value")
+        self.widget = w.VBox([w.HBox([self.pick, self.name, self.save, self.delete]),
+                              self.message])
+        self.reload(selected=ex.view)
+
+    def reload(self, selected: str | None = None) -> None:
+        """Re-read the dataset's views into the picker."""
+        self._quiet = True
+        self.pick.options = [ANY, *saved_views.list_views(self.ex.dataset)]
+        self.pick.value = selected if selected in self.pick.options else ANY
+        self._quiet = False
+
+    def _load(self, change: Any) -> None:
+        if not self._quiet and change["new"] not in (None, ANY):
+            self.ex.load_view(change["new"])
+            self.message.value = f"<i>view {html.escape(change['new'])} loaded</i>"
+
+    def _save(self) -> None:
+        try:
+            name = self.name.value.strip()
+            self.ex.save_view(name)
+            path = saved_views.view_path(self.ex.dataset, name).resolve()
+            self.message.value = f"<i>saved {html.escape(str(path))}</i>"
+        except (ValueError, OSError) as exc:
+            self.message.value = f"<b style='color:#b00020'>{html.escape(str(exc))}</b>"
+
+    def _delete(self) -> None:
+        if self.pick.value not in (None, ANY):
+            saved_views.delete_view(self.ex.dataset, self.pick.value)
+            self.message.value = f"<i>view {html.escape(self.pick.value)} deleted</i>"
+            self.reload()
+
+
+class _BulkBar:
+    """Bulk tagging of everything the current filters match."""
+
+    def __init__(self, ex: Explorer) -> None:
+        import ipywidgets as w
+
+        self.ex = ex
+        self.tag = w.Text(placeholder="tag", description="bulk", layout=w.Layout(width="300px"),
+                          style={"description_width": "90px"})
+        self.add = w.Button(description="tag all matches", icon="tag")
+        self.remove = w.Button(description="untag all matches", icon="eraser")
+        self.message = w.HTML()
+        self.add.on_click(lambda _: self._do(ex.tag_matches, "tagged"))
+        self.remove.on_click(lambda _: self._do(ex.untag_matches, "untagged"))
+        self.widget = w.VBox([w.HBox([self.tag, self.add, self.remove]), self.message])
+
+    def update(self, n: int) -> None:
+        """Say how many samples a bulk action would touch."""
+        self.add.description = f"tag all {n:,} matches"
+        self.remove.description = f"untag all {n:,} matches"
+
+    def _do(self, action: Callable[[str], int], verb: str) -> None:
+        tag = self.tag.value.strip()
+        if not tag:
+            self.message.value = "<i>type a tag first</i>"
+            return
+        n = action(tag)
+        s = self.ex.store.summary()
+        self.message.value = (f"<i>{verb} {n:,} samples “{html.escape(tag)}” · decisions: "
+                              f"{s['accepted']:,} accepted, {s['rejected']:,} rejected; "
+                              f"saved in {html.escape(str(curation.tags_path(self.ex.dataset)))}"
+                              f"</i>")

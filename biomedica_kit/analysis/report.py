@@ -5,9 +5,12 @@
 it displayed as PNG and SVG (kaleido driving Debian's Chromium), and exports the notebook to one
 self-contained HTML file whose charts stay interactive. ``index.html`` links everything.
 
-Everything works offline: plotly.js is inlined once per page and the nbconvert template drops
-the CDN scripts (require.js, MathJax, mermaid, the widget manager) that the stock template loads,
-because nothing beyond loopback can be reached where reports are built and read.
+Everything works offline: plotly.js is written once per report (``assets/plotly.min.js``,
+loaded only by pages that have charts) and the nbconvert template drops the CDN scripts
+(require.js, MathJax, mermaid, the widget manager) that the stock template loads, because
+nothing beyond loopback can be reached where reports are built and read. Pages show the
+parameters a notebook ran with once (papermill's injected cell, not the defaults it replaced)
+and hide code cells until "show code" is clicked.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from jupyter_client.manager import AsyncKernelManager
 
 from biomedica_kit.tables import query
 
+__all__ = [
+    "ANALYSIS_NOTEBOOKS", "Chart", "DEFAULT_CHROMIUM", "NOTEBOOK_CSS", "NotebookResult",
+    "PLOTLY_JS", "PLOTLY_MIME", "Report", "ReportError", "WIDGET_MIME", "chromium_path",
+    "drop_widget_state", "ensure_metadata", "execute_notebook", "extract_charts", "extract_notes",
+    "index_html", "inline_markdown", "notebook_html", "notebooks_dir", "render_images", "report",
+    "resolve_notebook", "write_notebook_css", "write_plotlyjs",
+]
+
 #: The notebooks a report runs by default: the static analyses. 03_explore and 04_subset are
 #: interactive tools; they can be added with ``notebooks=[...]`` (their HTML shows a static
 #: snapshot of the widgets' first view).
@@ -39,6 +50,8 @@ ANALYSIS_NOTEBOOKS: tuple[str, ...] = ("01_overview", "02_topics")
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+#: Where a report keeps plotly.js, relative to its folder (one copy for every page).
+PLOTLY_JS = "assets/plotly.min.js"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 _SLUG = re.compile(r"[^a-z0-9]+")
@@ -152,6 +165,9 @@ def report(
         shutil.rmtree(out / "charts" / r.name, ignore_errors=True)
     if images:
         render_images([c for r in results for c in r.charts], out / "charts")
+    if any(r.charts for r in results):
+        write_plotlyjs(out)
+    write_notebook_css(out)
     for r in results:
         r.html.write_text(notebook_html(r, out), encoding="utf-8")
     rep = Report(out_dir=out, index=out / "index.html", dataset=ds, dataset_version=version,
@@ -165,8 +181,8 @@ def report(
 
 def ensure_metadata(dataset: Path) -> str | None:
     """Export the metadata tables when missing or stale; return the dataset's current version."""
+    from biomedica_kit.dataset.manifest import read_manifest
     from biomedica_kit.tables import export as metadata
-    from biomedica_kit.dataset.shards import read_manifest
 
     version = read_manifest(dataset).get("dataset_version")
     if not metadata.is_current(dataset):
@@ -249,13 +265,32 @@ def _run_one(src: Path, out: Path, params: dict[str, Any], *, timeout: int,
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
     nb = nbformat.read(ipynb, as_version=4)
+    if drop_widget_state(nb):
+        nbformat.write(nb, ipynb)
     return NotebookResult(name=name, ipynb=ipynb, html=out / f"{name}.html",
                           charts=extract_charts(nb, name), seconds=time.perf_counter() - t0,
                           error=error, notes=extract_notes(nb))
 
 
+def drop_widget_state(nb: Any) -> bool:
+    """Drop saved widget state, and the live-widget view of outputs that have a static HTML
+    snapshot (the explorer's), so the snapshot shows. Returns whether anything was dropped.
+
+    Why: the state holds every widget of the run (each gallery card's thumbnail, twice); it is
+    useless without the kernel that made it and made an executed 03_explore 11 MB.
+    """
+    changed = nb.metadata.pop("widgets", None) is not None
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data") or {}
+            if WIDGET_MIME in data and "text/html" in data:
+                data.pop(WIDGET_MIME)
+                changed = True
+    return changed
+
+
 def extract_notes(nb: Any) -> list[str]:
-    """The plain-text notes (:class:`biomedica_kit.analysis.charts.Missing`) a notebook displayed."""
+    """The plain-text notes (:class:`~biomedica_kit.analysis.charts.Missing`) a notebook showed."""
     from biomedica_kit.analysis.charts import NOTE_MIME
 
     notes = []
@@ -347,49 +382,112 @@ def render_images(charts: list[Chart], out: Path, *, width: int = 1000, height: 
     missing = [str(j["path"]) for j in jobs if not Path(j["path"]).is_file()]
     if missing:
         raise ReportError(f"kaleido did not write {missing}")
+    for c in charts:
+        _shrink_png(c.png)
+
+
+def _shrink_png(path: Path) -> None:
+    """Re-save a chart PNG with a 256-colour palette (no dithering): charts are flat colours
+    and anti-aliased edges, so it looks the same at about a quarter of the bytes."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
+                                           dither=Image.Dither.NONE)
+    small.save(path, "PNG", optimize=True)
 
 
 # ------------------------------------------------------------------------------------ HTML
 
-# Extends nbconvert's lab template: no CDN scripts (the report must open offline), plotly.js
-# inlined once in <head>, and a small navigation bar back to the index.
+#: The notebook CSS every page shares (nbconvert's lab template inlines ~250 KB per page).
+NOTEBOOK_CSS = "assets/notebook.css"
+
+
+def write_notebook_css(out: Path) -> Path:
+    """Write nbconvert's lab-template CSS (light theme) to ``out/assets/`` once."""
+    from nbconvert import HTMLExporter
+
+    parts = []
+    dirs = [Path(d) for d in HTMLExporter(template_name="lab").template_paths]
+    for name in ("static/index.css", "static/theme-light.css"):
+        found = next((d / name for d in dirs if (d / name).is_file()), None)
+        if found is None:
+            raise ReportError(f"nbconvert's lab template has no {name}")
+        parts.append(found.read_text(encoding="utf-8"))
+    path = out / NOTEBOOK_CSS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def write_plotlyjs(out: Path) -> Path:
+    """Write plotly.js (the copy bundled with the plotly package) to ``out/assets/`` once."""
+    from plotly.offline import get_plotlyjs
+
+    path = out / PLOTLY_JS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = get_plotlyjs().encode("utf-8")
+    if not path.is_file() or path.stat().st_size != len(data):
+        path.write_bytes(data)
+    return path
+
+
+# Extends nbconvert's lab template: no CDN scripts (the report must open offline), its CSS
+# and plotly.js from the report's shared copies (plotly.js on pages with charts only), code
+# cells hidden until "show code" is clicked, and a small navigation bar back to the index.
 _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{% block notebook_css %}
+<link rel="stylesheet" href="{{ resources.bk_css }}">
+<style>
+a.anchor-link{display:none} .jp-InputArea{overflow:hidden} .jp-Collapser{display:none}
+.jp-OutputArea-output pre{line-height:inherit;font-family:inherit}
+.jp-RenderedText pre{color:var(--jp-content-font-color1);font-size:var(--jp-code-font-size)}
+</style>
+{% endblock notebook_css %}
 {% block extra_css %}
 <style>
 .bk-nav{font:14px system-ui,sans-serif;padding:8px 16px;background:#f4f6fa;
   border-bottom:1px solid #d8dde6}
-.bk-nav a{margin-right:1em}
+.bk-nav a,.bk-nav button{margin-right:1em}
+.bk-nav button{font:13px system-ui,sans-serif;cursor:pointer}
 .bk-chart-links{font:12px system-ui,sans-serif;margin:2px 0 12px}
 .bk-chart-links a{margin-right:.8em}
+body:not(.bk-show-code) .jp-CodeCell .jp-Cell-inputWrapper{display:none}
+body:not(.bk-show-code) .jp-CodeCell .jp-OutputPrompt{visibility:hidden}
 </style>
-<script type="text/javascript">{{ resources.bk_plotlyjs }}</script>
+{%- if resources.bk_plotly %}
+<script type="text/javascript" src="{{ resources.bk_plotly }}"></script>
+{%- endif %}
 {% endblock extra_css %}
 {%- block body_header -%}
 {{ super() }}
 <nav class="bk-nav"><a href="index.html">&larr; report index</a>
-<a href="notebooks/{{ resources.bk_name }}.ipynb">executed notebook (.ipynb)</a></nav>
+<a href="notebooks/{{ resources.bk_name }}.ipynb">executed notebook (.ipynb)</a>
+<button type="button" id="bk-code-toggle" onclick="var on=document.body.classList.toggle(
+'bk-show-code');this.textContent=on?'hide code':'show code'">show code</button></nav>
 {%- endblock body_header -%}
 """
 
 
 def notebook_html(result: NotebookResult, out: Path) -> str:
-    """The self-contained HTML page of one executed notebook (interactive plotly charts)."""
+    """The HTML page of one executed notebook: interactive plotly charts (plotly.js from the
+    report's shared copy, only when the page has charts), widget snapshots, code hidden."""
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
-    from plotly.offline import get_plotlyjs
 
     nb = nbformat.read(result.ipynb, as_version=4)
     _prepare_outputs(nb, result, out)
     exporter = HTMLExporter(extra_loaders=[DictLoader({"bk_report.html.j2": _TEMPLATE})],
                             template_file="bk_report.html.j2", embed_images=True)
     body, _ = exporter.from_notebook_node(
-        nb, resources={"metadata": {"name": result.name}, "bk_plotlyjs": get_plotlyjs(),
-                       "bk_name": result.name})
+        nb, resources={"metadata": {"name": result.name}, "bk_name": result.name,
+                       "bk_plotly": PLOTLY_JS if result.charts else "",
+                       "bk_css": NOTEBOOK_CSS})
     return body
 
 
@@ -403,7 +501,11 @@ def _prepare_outputs(nb: Any, result: NotebookResult, out: Path) -> None:
 
     charts = iter(result.charts)
     # Widget state would make nbconvert load the widget manager; it is not used offline.
-    nb.metadata.pop("widgets", None)
+    drop_widget_state(nb)
+    # Papermill adds its injected cell after the default one: show the parameters once.
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    if any("injected-parameters" in t for t in tags):
+        nb.cells = [c for c, t in zip(nb.cells, tags, strict=True) if "parameters" not in t]
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             data = output.get("data")
@@ -416,8 +518,6 @@ def _prepare_outputs(nb: Any, result: NotebookResult, out: Path) -> None:
                                   config={"displaylogo": False, "responsive": True})
                 data["text/html"] = div + _chart_links(chart, out)
                 data.pop(PLOTLY_MIME)
-            if WIDGET_MIME in data and "text/html" in data:
-                data.pop(WIDGET_MIME)
 
 
 def _chart_links(chart: Chart, out: Path) -> str:
@@ -428,6 +528,17 @@ def _chart_links(chart: Chart, out: Path) -> str:
     return f'<div class="bk-chart-links">{html.escape(chart.title)}: {" ".join(links)}</div>'
 
 
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def inline_markdown(text: str) -> str:
+    """Escaped ``text`` with Markdown's inline code and bold rendered (what notes use)."""
+    out = html.escape(text)
+    out = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", out)
+    return _BOLD.sub(lambda m: f"<b>{m.group(1)}</b>", out)
+
+
 def index_html(rep: Report) -> str:
     """The report's landing page: dataset, notebooks, and a thumbnail of every chart."""
     e = html.escape
@@ -436,7 +547,7 @@ def index_html(rep: Report) -> str:
     for nb in rep.notebooks:
         status = (f'<span class="err">failed: {e(nb.error)}</span>' if nb.error
                   else f"{len(nb.charts)} charts")
-        notes = "".join(f"<li>{e(n)}</li>" for n in nb.notes)
+        notes = "".join(f"<li>{inline_markdown(n)}</li>" for n in nb.notes)
         rows.append(f'<tr><td><a href="{e(nb.html.name)}">{e(nb.name)}</a></td>'
                     f'<td><a href="notebooks/{e(nb.ipynb.name)}">.ipynb</a></td>'
                     f"<td>{status}</td><td>{nb.seconds:.1f} s</td>"
@@ -467,7 +578,7 @@ body{{font:15px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;padd
   color:#1d2330}}
 table{{border-collapse:collapse}} td,th{{padding:4px 12px;border-bottom:1px solid #e3e6ec;
   text-align:left}}
-.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:16px}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:18px}}
 figure{{margin:0;border:1px solid #e3e6ec;border-radius:6px;padding:8px}}
 figure img{{width:100%;height:auto}} figcaption{{font-size:13px}} .nb{{color:#6b7385}}
 .err{{color:#b00020}} code{{background:#f4f6fa;padding:1px 4px}}
