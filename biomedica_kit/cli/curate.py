@@ -206,7 +206,30 @@ def taxonomy(path: str | None) -> None:
         click.echo(f"  {line}")
 
 
+@click.command("import-pairs")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def import_pairs(pairs: str, out: str, workers: int | None, progress: bool) -> None:
+    """Build a dataset from image-caption pairs (JSON Lines: image path relative to the file,
+    caption; optional pmcid, doi, license, figure_label, year, journal; other fields kept),
+    exactly as `build` does: image policy, skips with reasons, licence categories (unknown ->
+    other), manifest, report."""
+    from biomedica_kit.etl.build import NothingToBuild
+    from biomedica_kit.etl.pairs import import_pairs as run
+    from biomedica_kit.ingest.pairs import PairsError
+
+    try:
+        summary = run(pairs, out, workers=workers, progress=progress)
+    except (PairsError, NothingToBuild, FileExistsError) as exc:
+        _fail(exc)
+    click.echo("\n".join(summary.format_lines()))
+    if summary.samples == 0:
+        _fail(ValueError(f"no sample was written from {pairs} (see {out}/report/)"))
+
+
 def register(group: click.Group) -> None:
     """Add the curation commands to the ``biomedica`` group."""
-    for cmd in (embed, cluster, propose, label, taxonomy):
+    for cmd in (embed, cluster, propose, label, taxonomy, import_pairs):
         group.add_command(cmd)

@@ -251,7 +251,10 @@ class OpenClipEncoder(Encoder):
             folder = Path(model[len("local-dir:"):])
             if not (folder / "open_clip_config.json").is_file():
                 raise ModelUnavailable(f"{model}: no open_clip_config.json in {folder}")
-            version = f"open_clip/{model}"
+            weights = next((folder / n for n in ("open_clip_model.safetensors",
+                                                 "open_clip_pytorch_model.bin")
+                            if (folder / n).is_file()), None)
+            version = f"open_clip/{model}" + (f"@{file_digest(weights)}" if weights else "")
         elif pretrained and Path(pretrained).is_file():
             version = f"open_clip/{model}@{file_digest(pretrained)}"
         else:
