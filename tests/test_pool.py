@@ -89,3 +89,37 @@ def test_only_the_packages_that_had_started_are_retried_alone(tmp_path):
     assert attempts[1] == 2  # in the pool, then alone
     # A death costs at most one extra run per worker process: the packages running with it.
     assert sum(attempts.values()) <= 12 + 2, attempts
+
+
+SCRIPT = """
+import os, time
+from biomedica_kit.base import pool
+
+def slow(item, cfg):
+    os.write(1, f"{os.getpid()}\\n".encode())  # one write: the two workers share the pipe
+    time.sleep(60)
+
+if __name__ == "__main__":
+    for _ in pool.run_local(range(8), None, 2, worker=slow):
+        pass
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
+def test_workers_die_with_the_main_process(tmp_path, sig):
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workers = {int(proc.stdout.readline()), int(proc.stdout.readline())}  # both are busy
+    assert all(alive(p) for p in workers)
+    os.kill(proc.pid, sig)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in workers if alive(p)], f"workers outlived {sig.name}"
