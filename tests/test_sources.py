@@ -19,10 +19,12 @@ from biomedica_kit.ingest.sources import (
     iter_file_list,
     license_category,
     package_sha256,
+    parse_date_bound,
     parse_pmcids,
     parse_years,
     refs_from_file_list,
     stat_package,
+    unsafe_file_path,
 )
 
 
@@ -100,6 +102,40 @@ def test_selection_rejects_bad_values():
     with pytest.raises(ValueError, match="year range"):
         parse_years("recent")
     assert parse_years("2018") == (2018, 2018) and parse_years("-2001") == (0, 2001)
+    with pytest.raises(ValueError, match="empty year range"):
+        parse_years("2020-2015")
+
+
+@pytest.mark.parametrize("value, start, end", [
+    ("2024", "2024-01-01 00:00:00", "2024-12-31 23:59:59"),
+    ("2024-02", "2024-02-01 00:00:00", "2024-02-31 23:59:59"),  # an upper bound, not a day
+    ("2024-02-29", "2024-02-29 00:00:00", "2024-02-29 23:59:59"),
+    ("2024-02-29T10:05", "2024-02-29 10:05:00", "2024-02-29 10:05:59"),
+    ("2024-02-29 10:05:07", "2024-02-29 10:05:07", "2024-02-29 10:05:07"),
+])
+def test_date_bounds(value, start, end):
+    assert (parse_date_bound(value), parse_date_bound(value, end=True)) == (start, end)
+
+
+@pytest.mark.parametrize("value", ["2025-13-45", "2023-02-29", "2024-1-5", "2024-00", "20245",
+                                   "2024-02-29 24:00", "yesterday"])
+def test_dates_that_do_not_exist_are_refused(value):
+    with pytest.raises(ValueError, match="not a date"):
+        Selection(since=value)
+
+
+def test_file_list_paths_must_stay_inside_a_local_source(tmp_path):
+    assert [unsafe_file_path(p) for p in ("oa_package/1e/a1/PMC1.tar.gz", "../x.tar.gz",
+                                          "/etc/passwd", "a/../../x", "C:\\x", "")] == [
+        False, True, True, True, True, True]
+    rows = [{"File": "oa_package/PMC1.tar.gz", "Accession ID": "PMC1"},
+            {"File": "../PMC2.tar.gz", "Accession ID": "PMC2"}]
+    good, bad = refs_from_file_list(rows, str(tmp_path))
+    assert good.location == str(tmp_path / "oa_package/PMC1.tar.gz") and good.failure is None
+    assert bad.failure.startswith("unsafe_path: file list path '../PMC2.tar.gz' is outside")
+    # A remote mirror is left to the downloader, which refuses the same paths itself.
+    (remote,) = refs_from_file_list(rows[1:], "https://example.org/pmc/")
+    assert remote.failure is None
 
 
 def test_licence_filter_excludes_packages_without_a_file_list(corpus, tmp_path):
