@@ -232,12 +232,14 @@ class TagStore:
                             "value": [value] * len(keys), "author": [self.author] * len(keys),
                             "created_at": [now] * len(keys), "origin": [origin] * len(keys),
                             "dataset_version": [version] * len(keys)}, schema=schema())
-            self._write(pa.concat_tables([old.take(kept), new]))
+            self._write(pa.concat_tables([old.take(pa.array(kept, pa.int64())), new]))
             self._log("set", kind, value, len(keys), origin)
         return len(keys)
 
     def _remove(self, kind: str, keys: Iterable[str], value: str | None, *,
                 origin: str) -> int:
+        import pyarrow as pa
+
         drop = set(keys)
         with _locked(self.dataset):
             old = self.table()
@@ -247,7 +249,7 @@ class TagStore:
                     if not (k in drop and kd == kind and (value is None or v == value))]
             removed = old.num_rows - len(kept)
             if removed:
-                self._write(old.take(kept))
+                self._write(old.take(pa.array(kept, pa.int64())))
                 self._log("remove", kind, value, removed, origin)
         return removed
 

@@ -34,6 +34,7 @@ from biomedica_kit.analysis.filters import (
     facets,
     matches_table,
     search,
+    tag_values,
 )
 from biomedica_kit.analysis.gallery import (
     EMPTY_DATASET,
@@ -172,6 +173,7 @@ class Explorer:
     def decide(self, key: str, decision: str | None) -> None:
         """Accept (``"accept"``), reject (``"reject"``) or undecide (None) one sample."""
         self.store.decide([key], decision, origin="card")
+        curation.attach(self.con, self.dataset)
         self.refresh()
 
     # ------------------------------------------------------------------------ charts
@@ -267,7 +269,9 @@ class Explorer:
             for r in rows]
 
     def _refresh_tags(self) -> None:
-        self.facets = replace(self.facets, tags=facets(self.con).tags)
+        """After a tag change: the ``tags`` view, the tag filter's choices, the page."""
+        curation.attach(self.con, self.dataset)
+        self.facets = replace(self.facets, tags=tag_values(self.con))
         box = self.panel.tags
         box.allowed_tags = sorted(set(box.allowed_tags) | set(self.facets.tags))
         self.refresh()

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     import polars as pl
 
 __all__ = [
-    "CARD_COLUMNS", "DECISIONS", "FACET_LIMIT", "Facets", "FilterError", "Filters", "SIZE_SQL",
-    "SORTS", "UNKNOWN", "count", "count_unknown", "facets", "journals_matching", "matches_table",
-    "search",
+    "CARD_COLUMNS", "DECISIONS", "FACET_LIMIT", "LIST_FACET_SAMPLE", "SIZE_SQL", "SORTS",
+    "UNKNOWN", "Facets", "FilterError", "Filters", "count", "count_unknown", "facets",
+    "journals_matching", "matches_table", "search", "tag_values",
 ]
 
 #: Stands for "no value" (SQL NULL) in the choices of a category filter.
@@ -48,7 +48,7 @@ SORTS: dict[str, tuple[str, str]] = {
     "smallest": ("smallest image first",
                  "image_width::BIGINT * image_height::BIGINT ASC NULLS LAST, key"),
     "key": ("by key", "key"),
-    "random": ("random (seeded)", "hash(key, {seed}), key"),
+    "random": ("random (seeded)", "hash(key || ':{seed}'), key"),
 }
 DECISIONS = ("accepted", "rejected", "undecided")
 #: The image-size filter and readout are over the shorter side, in pixels.
@@ -59,6 +59,9 @@ CARD_COLUMNS = ("key", "shard", "image_ext", "image_offset", "image_length", "ca
                 "pmcid", "doi", "article_type", "inline_refs", "image_width", "image_height")
 #: How many values a long facet (journals, keywords, MeSH terms) lists.
 FACET_LIMIT = 200
+#: List-column facets (keywords) suggest the values of this many sampled rows; the filter
+#: itself matches every row.
+LIST_FACET_SAMPLE = 200_000
 
 
 class FilterError(ValueError):
@@ -309,10 +312,22 @@ def _values(con: duckdb.DuckDBPyConnection, column: str, *, limit: int | None = 
     when some rows have none (scalar columns only)."""
     if not query.has_column(con, column, view):
         return []
+    dtype = query.columns(con, view)[column]
+    if dtype.endswith("[]"):  # suggestions from a sample: unnesting 5M rows takes seconds
+        q, v = quote_ident(column), quote_ident(view)
+        total = con.execute(f"SELECT count(*) FROM {v}").fetchone()[0]
+        # A block sample (system) is a fraction of one scan; a row-exact one reads it all.
+        pct = min(100.0, 100.0 * LIST_FACET_SAMPLE / max(total, 1))
+        sample = f" USING SAMPLE {pct:.4f} PERCENT (system, 7)" if pct < 100 else ""
+        rows = con.execute(
+            f"SELECT x FROM (SELECT unnest({q}) AS x FROM (SELECT {q} FROM {v}{sample})) "
+            f"WHERE x IS NOT NULL GROUP BY x ORDER BY count(*) DESC, x"
+            + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        return [str(r[0]) for r in rows]
     t = query.count_by(con, column, view=view, limit=limit)
     vals = t[column].to_list()
     out = [str(v) for v in vals if v is not None]
-    if None in vals and not query.columns(con, view)[column].endswith("[]"):
+    if None in vals:
         out.append(UNKNOWN)
     return out
 
@@ -358,16 +373,22 @@ def facets(con: duckdb.DuckDBPyConnection) -> Facets:
             warnings.simplefilter("ignore", query.NotAvailable)
             t = query.mesh_counts(con, per="figures", limit=FACET_LIMIT)
         mesh = [] if t is None else [str(v) for v in t["mesh_terms"].to_list()]
-    tags = ([r[0] for r in con.execute(
-        "SELECT value FROM tags WHERE kind = 'tag' GROUP BY 1 ORDER BY count(*) DESC, 1"
-    ).fetchall()] if "tags" in query.views(con) else [])
     return Facets(
         total=total, licences=licences, kinds=_values(con, "figure_kind"),
         article_types=_values(con, "article_type"), labels=labels,
         years=years, years_unknown=years_unknown, sizes=sizes, sizes_unknown=sizes_unknown,
         journals=[j for j in _values(con, "journal", limit=FACET_LIMIT) if j != UNKNOWN],
         n_journals=n_journals,
-        keywords=_values(con, "keywords", limit=FACET_LIMIT), mesh=mesh, tags=tags)
+        keywords=_values(con, "keywords", limit=FACET_LIMIT), mesh=mesh, tags=tag_values(con))
+
+
+def tag_values(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The curation tags in use, most samples first (empty without a ``tags`` view)."""
+    if "tags" not in query.views(con):
+        return []
+    return [r[0] for r in con.execute(
+        "SELECT value FROM tags WHERE kind = 'tag' GROUP BY 1 ORDER BY count(*) DESC, 1"
+    ).fetchall()]
 
 
 def journals_matching(con: duckdb.DuckDBPyConnection, typed: str,
