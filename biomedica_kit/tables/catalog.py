@@ -86,6 +86,16 @@ class Filters:
         return {f: getattr(self, f) for f in _STRING_FILTERS if getattr(self, f)}
 
 
+def _refs_sql(types: Mapping[str, str]) -> str:
+    """Inline references as one text: paragraphs of JATS structs, or a list of strings."""
+    t = types.get("inline_refs", "")
+    if t.startswith("STRUCT") and "paragraph" in t:
+        return "array_to_string(list_transform(inline_refs, lambda r: r.paragraph), ' ')"
+    if t.endswith("[]"):
+        return "array_to_string(inline_refs, ' ')"
+    return "CAST(inline_refs AS VARCHAR)" if t else "CAST(NULL AS VARCHAR)"
+
+
 def _select_sql(con: duckdb.DuckDBPyConnection) -> str:
     """The SELECT that turns figures (+ labels) rows into catalog rows and index text."""
     from biomedica_kit.tables.query import label_source
@@ -94,15 +104,23 @@ def _select_sql(con: duckdb.DuckDBPyConnection) -> str:
     src = label_source(con, "primary_label")
     view, label = (src[0], f"CAST({quote_ident(src[1])} AS VARCHAR)") if src \
         else ("figures", "CAST(NULL AS VARCHAR)")
+    types = {r[0]: str(r[1]) for r in con.execute(f"DESCRIBE {view}").fetchall()}
+
+    def col(*names: str, cast: str = "VARCHAR") -> str:
+        have = [quote_ident(n) for n in names if n in types]
+        expr = f"coalesce({', '.join(have)})" if len(have) > 1 else (have[0] if have
+                                                                      else "NULL")
+        return f"CAST({expr} AS {cast})"
+
     return f"""
-        SELECT key, article_id, pmcid, coalesce(article_title, title) AS title, caption,
-               license_category AS license, license_code, CAST(year AS INTEGER) AS year,
-               coalesce(journal, journal_nlm_ta) AS journal, figure_kind AS kind,
-               {label} AS label, figure_label, shard, image_ext, image_offset,
-               image_length,
-               array_to_string(list_transform(inline_refs, lambda r: r.paragraph), ' ')
-                   AS refs,
-               coalesce(abstract, article_abstract) AS abstract
+        SELECT key, {col("article_id")} AS article_id, {col("pmcid")} AS pmcid,
+               {col("article_title", "title")} AS title, {col("caption")} AS caption,
+               {col("license_category")} AS license, {col("license_code")} AS license_code,
+               {col("year", cast="INTEGER")} AS year,
+               {col("journal", "journal_nlm_ta")} AS journal, {col("figure_kind")} AS kind,
+               {label} AS label, {col("figure_label")} AS figure_label, shard, image_ext,
+               image_offset, image_length, {_refs_sql(types)} AS refs,
+               {col("abstract", "article_abstract")} AS abstract
         FROM {view}"""
 
 
