@@ -66,12 +66,13 @@ class ClusterModel:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``model.npz`` atomically."""
-        arrays = {"mean": self.mean, "centroids": self.centroids,
-                  "inertia": np.array(self.inertia)}
-        if self.axes is not None:
-            arrays["axes"] = self.axes
+        inertia = np.array(self.inertia)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            if self.axes is None:
+                np.savez(f, mean=self.mean, centroids=self.centroids, inertia=inertia)
+            else:
+                np.savez(f, mean=self.mean, centroids=self.centroids, inertia=inertia,
+                         axes=self.axes)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClusterModel:
@@ -107,7 +108,8 @@ def sample_rows(source: Source, n: int, m: int, seed: int,
 
 
 def fit_pca(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(mean, axes)`` of a sample: the top ``dims`` eigenvectors of its covariance, signs
+    """``(mean, axes)`` of a sample: the top ``dims`` eigenvectors of its covariance (from
+    the covariance, or the SVD of the sample when it has fewer rows than columns), signs
     fixed (largest component positive) so the result does not depend on the solver.
     ``dims <= 0`` or ``dims >= D`` means no projection (axes None)."""
     mean = sample.mean(axis=0).astype(np.float32)
@@ -116,9 +118,12 @@ def fit_pca(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray | Non
         return mean, None
     dims = min(dims, max(1, len(sample) - 1))
     centred = (sample - mean).astype(np.float64)
-    cov = centred.T @ centred / max(1, len(sample) - 1)
-    values, vectors = np.linalg.eigh(cov)
-    axes = vectors[:, np.argsort(values)[::-1][:dims]]
+    if len(sample) <= d:  # fewer rows than columns: the SVD of the sample is cheaper
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        axes = vt[:dims].T
+    else:
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        axes = vectors[:, np.argsort(values)[::-1][:dims]]
     signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(dims)])
     return mean, (axes * signs).astype(np.float32)
 
@@ -165,7 +170,9 @@ def fit_kmeans(projected: Source, n: int, k: int, *, seed: int, backend: str,
                           max_points_per_centroid=sample_per_centroid,
                           min_points_per_centroid=1)
         km.train(np.ascontiguousarray(sample))
-        return np.asarray(km.centroids, np.float32), float(km.obj[-1]) if len(km.obj) else 0.0
+        obj = km.obj
+        return (np.asarray(km.centroids, np.float32),
+                float(obj[-1]) if obj is not None and len(obj) else 0.0)
     if backend == "minibatch":
         from sklearn.cluster import MiniBatchKMeans
 

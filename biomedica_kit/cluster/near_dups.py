@@ -105,7 +105,7 @@ def groups_table(pairs_by_kind: dict[str, Iterable[Pair]]) -> pa.Table:
     """Union-find groups of each kind's pairs as the near_dups table (module doc)."""
     import pyarrow as pa
 
-    rows = []
+    rows: list[dict[str, object]] = []
     for kind, pairs in pairs_by_kind.items():
         parent: dict[str, str] = {}
         best: dict[str, float] = {}

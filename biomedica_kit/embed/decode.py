@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +63,7 @@ def fit_image(image: Image.Image, spec: ImageSpec) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + s, top + s)))
 
 
-def decode_batch(root: str, rows: list[Mapping[str, Any]], spec: ImageSpec) -> Decoded:
+def decode_batch(root: str, rows: Sequence[Mapping[str, Any]], spec: ImageSpec) -> Decoded:
     """Read and decode the images of ``rows`` (figures rows with location columns).
 
     Samples come back in the order given. An image that does not decode raises
@@ -89,7 +89,7 @@ class _Call:
     def __init__(self, root: str, spec: ImageSpec) -> None:
         self.root, self.spec = root, spec
 
-    def __call__(self, rows: list[Mapping[str, Any]]) -> Decoded:
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> Decoded:
         return decode_batch(self.root, rows, self.spec)
 
 
@@ -108,7 +108,7 @@ class Decoder:
                 ctx.set_forkserver_preload([__name__])
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
-    def map(self, batches: Iterable[list[Mapping[str, Any]]]) -> Iterator[Decoded]:
+    def map(self, batches: Iterable[Sequence[Mapping[str, Any]]]) -> Iterator[Decoded]:
         """Decoded batches in input order, at most ``2 * workers + 1`` ahead."""
         if self.pool is None:
             yield from map(self.call, batches)

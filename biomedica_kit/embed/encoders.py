@@ -271,8 +271,8 @@ class OpenClipEncoder(Encoder):
         size = cfg.get("size", 224)
         size = int(size[0] if isinstance(size, (list, tuple)) else size)
         self.image_spec = ImageSpec(
-            size=size, resize=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-            std=tuple(cfg.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            size=size, resize=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_STD)),
             interpolation=str(cfg.get("interpolation", "bicubic")),
             resize_mode=str(cfg.get("resize_mode", "shortest")),
             fill=int(cfg.get("fill_color", 0)))

@@ -31,7 +31,7 @@ from biomedica_kit.dataset.licenses import classify_license
 from biomedica_kit.dataset.lock import dataset_lock
 from biomedica_kit.etl.article import Article, Figure, Graphic
 from biomedica_kit.etl.build import BuildConfig, BuildSummary, NothingToBuild, build
-from biomedica_kit.etl.worker import PackageResult, _process_article, article_row
+from biomedica_kit.etl.worker import PackageResult, _process_article
 from biomedica_kit.ingest.packages import Package
 from biomedica_kit.ingest.pairs import PairGroup, read_pairs
 from biomedica_kit.ingest.sources import FILE_LIST_COLUMNS, LAST_UPDATED, PackageRef
