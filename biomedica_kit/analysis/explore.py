@@ -462,8 +462,10 @@ class _BulkBar:
         self.ex = ex
         self.tag = w.Text(placeholder="tag", description="bulk", layout=w.Layout(width="300px"),
                           style={"description_width": "90px"})
-        self.add = w.Button(description="tag all matches", icon="tag")
-        self.remove = w.Button(description="untag all matches", icon="eraser")
+        self.add = w.Button(description="tag all matches", icon="tag",
+                            layout=w.Layout(width="auto"))
+        self.remove = w.Button(description="untag all matches", icon="eraser",
+                               layout=w.Layout(width="auto"))
         self.message = w.HTML()
         self.add.on_click(lambda _: self._do(ex.tag_matches, "tagged"))
         self.remove.on_click(lambda _: self._do(ex.untag_matches, "untagged"))
