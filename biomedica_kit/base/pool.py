@@ -270,6 +270,11 @@ def ordered_window(pool: Executor, fn: Callable[[T], R], items: Iterable[T], siz
         window.extend(pool.submit(fn, item) for item in islice(it, 1))
 
 
+def _call(worker: Worker[I, C, R], item: I, cfg: C) -> R:
+    """A Ray task body: ``worker(item, cfg)`` (Ray's tasks must be functions)."""
+    return worker(item, cfg)
+
+
 def run_ray(refs: Iterable[I], cfg: C, address: str = "local", *, worker: Worker[I, C, R],
             num_cpus: int | None = None, window: int | None = None,
             on_death: OnDeath[I, R] | None = None) -> Iterator[R]:
@@ -293,12 +298,13 @@ def run_ray(refs: Iterable[I], cfg: C, address: str = "local", *, worker: Worker
         started = True
     pending: deque = deque()
     try:
-        task = ray.remote(max_retries=1)(worker)
+        task = ray.remote(max_retries=1)(_call)
         window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        cfg_ref = ray.put(cfg)  # shipped once, not with every task
+        # Shipped once, not with every task; any picklable callable can be the worker.
+        worker_ref, cfg_ref = ray.put(worker), ray.put(cfg)
         it = iter(refs)
         for r in it:
-            pending.append((r, task.remote(r, cfg_ref)))
+            pending.append((r, task.remote(worker_ref, r, cfg_ref)))
             if len(pending) >= window:
                 break
         while pending:
@@ -317,7 +323,7 @@ def run_ray(refs: Iterable[I], cfg: C, address: str = "local", *, worker: Worker
             yield result
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, task.remote(nxt, cfg_ref)))
+                pending.append((nxt, task.remote(worker_ref, nxt, cfg_ref)))
     finally:
         for _, p in pending:  # the consumer stopped early (error or interrupt)
             ray.cancel(p)
