@@ -22,11 +22,21 @@ ANY = "(any)"
 
 @dataclass
 class _Range:
-    """A range slider with its "include unknown" box."""
+    """A range slider, its readout and its "include unknown" box.
+
+    The readout is a label of its own: the slider's built-in one is a fixed-width box that
+    clips a range of years to "2016 - 202".
+    """
 
     slider: Any
+    readout: Any
     unknown: Any
     span: tuple[int, int] | None
+
+    def show(self) -> None:
+        """Write the slider's range into the readout."""
+        lo, hi = self.slider.value
+        self.readout.value = f"{lo} – {hi}" if self.span else "no values"
 
 
 class FilterPanel:
@@ -58,7 +68,7 @@ class FilterPanel:
                                 disabled=not fa.labels, layout=wide,
                                 tooltip=None if fa.labels else "no taxonomy labels yet")
         self.years = self._range(fa.years, fa.years_unknown, "years")
-        self.sizes = self._range(fa.sizes, fa.sizes_unknown, "shorter side px")
+        self.sizes = self._range(fa.sizes, fa.sizes_unknown, "size (px)")
         self.journal = w.Combobox(options=fa.journals[:30], description="journal", style=short,
                                   placeholder=f"type to search {fa.n_journals:,} journals",
                                   ensure_option=False, continuous_update=True,
@@ -83,8 +93,9 @@ class FilterPanel:
         self.journal.observe(self._typed, names="value")
         self.widget = w.VBox([
             w.HBox([self.licences, self.kinds, self.article_types]),
-            w.HBox([w.VBox([self.years.slider, self.years.unknown]),
-                    w.VBox([self.sizes.slider, self.sizes.unknown]),
+            w.HBox([w.VBox([w.HBox([self.years.slider, self.years.readout]), self.years.unknown]),
+                    w.VBox([w.HBox([self.sizes.slider, self.sizes.readout]),
+                            self.sizes.unknown]),
                     w.VBox([self.label, self.decision])]),
             w.HBox([self.text, self.journal]),
             w.HBox([self.keywords, self.mesh, self.tags]),
@@ -96,12 +107,13 @@ class FilterPanel:
 
         lo, hi = span or (0, 0)
         slider = w.IntRangeSlider(min=lo, max=hi, value=(lo, hi), description=what,
-                                  disabled=span is None, continuous_update=False,
+                                  disabled=span is None, continuous_update=False, readout=False,
                                   style={"description_width": "90px"},
-                                  layout=w.Layout(width="440px"))
+                                  layout=w.Layout(width="340px"))
+        readout = w.Label(layout=w.Layout(width="110px"))
         box = w.Checkbox(value=True, description=f"include unknown ({unknown:,})",
                          disabled=span is None, indent=True, layout=w.Layout(width="440px"))
-        return _Range(slider, box, span)
+        return _Range(slider, readout, box, span)
 
     @staticmethod
     def _tags_input(options: list[str], what: str, *, free: bool = True) -> Any:
@@ -181,6 +193,8 @@ class FilterPanel:
 
     def _update(self, notify: bool) -> None:
         self._filters = self._read()
+        self.years.show()
+        self.sizes.show()
         self.seed.layout.display = None if self._filters.sort == "random" else "none"
         typed = self.journal.value.strip()
         self.message.value = (f"<i>journal “{html.escape(typed)}” is not in this dataset: pick "
