@@ -1,14 +1,16 @@
 """The versioned label table: one row per sample, with provenance, ``DATASET/labels/``.
 
-Every change writes a new version ``labels/<NNNNNN>.parquet`` (never edits one), whose rows
-are the whole table: ``key``, ``primary_label``, ``secondary_label``, ``panel_type``,
+Every change writes a new version ``labels/<NNNNNN>.parquet`` (never edits one), whose rows are
+the whole table: ``key``, ``primary_label``, ``secondary_label``, ``panel_type``,
 ``label_source`` (``proposal``, ``expert`` or ``override``), ``label_version``, ``cluster`` and
 ``run`` (where the label came from), ``score`` and ``model_version`` (of a proposal),
-``decided_by``, ``decided_at``, ``note``, ``dataset_version``. The file's metadata records the
-parent version and the change. Precedence: an ``override`` (one sample) outlives expert
-decisions and proposals, an ``expert`` decision (a whole cluster: accept, change, reject)
-outlives proposals, so re-proposing never loses curation. Labels not in the taxonomy are
-refused. The newest version is what :func:`biomedica_kit.tables.connect.connect` shows as
+``decided_by``, ``decided_at``, ``note``, ``dataset_version``, and from expert review
+(:mod:`biomedica_kit.labels.review`) ``panel_subtype``, ``annotators`` (a list), ``agreement``
+and ``reviewed_at`` (null elsewhere; older versions read with them null). The file's metadata
+records the parent version and the change. Precedence: an ``override`` (one sample) outlives
+expert decisions and proposals, an ``expert`` decision (a whole cluster: accept, change,
+reject) outlives proposals, so re-proposing never loses curation. Labels not in the taxonomy
+are refused. The newest version is what :func:`biomedica_kit.tables.connect.connect` shows as
 ``labels``.
 """
 
@@ -31,8 +33,8 @@ from biomedica_kit.labels.taxonomy import PANEL_TYPES, Taxonomy, load_taxonomy
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["LABELS_DIR", "SOURCES", "Decision", "LabelError", "decide", "label_versions",
-           "override", "propagate", "read_labels"]
+__all__ = ["COLUMNS", "LABELS_DIR", "SOURCES", "Decision", "LabelError", "decide",
+           "label_versions", "override", "propagate", "read_labels", "write_version"]
 
 LABELS_DIR = "labels"
 SOURCES = ("proposal", "expert", "override")
@@ -40,7 +42,8 @@ _RANK = {s: i for i, s in enumerate(SOURCES)}
 _VERSION = re.compile(r"^(\d{6})\.parquet$")
 COLUMNS = ("key", "primary_label", "secondary_label", "panel_type", "label_source",
            "label_version", "cluster", "run", "score", "model_version", "decided_by",
-           "decided_at", "note", "dataset_version")
+           "decided_at", "note", "dataset_version", "panel_subtype", "annotators", "agreement",
+           "reviewed_at")
 
 
 class LabelError(ValueError):
@@ -74,15 +77,26 @@ def read_labels(dataset: str | Path, version: str | None = None) -> pl.DataFrame
     if version is None and not versions:
         return pl.DataFrame(schema=_schema())
     v = version or versions[-1]
-    return pl.read_parquet(Path(dataset) / LABELS_DIR / f"{v}.parquet")
+    return _conform(pl.read_parquet(Path(dataset) / LABELS_DIR / f"{v}.parquet"))
 
 
 def _schema() -> dict[str, Any]:
     import polars as pl
 
     types: dict[str, Any] = {c: pl.String for c in COLUMNS}
-    types.update(cluster=pl.Int32, score=pl.Float32)
+    types.update(cluster=pl.Int32, score=pl.Float32, annotators=pl.List(pl.String),
+                 agreement=pl.Float32)
     return types
+
+
+def _conform(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with every column of the schema, in order (missing ones null)."""
+    import polars as pl
+
+    types = _schema()
+    return rows.with_columns([pl.lit(None).cast(t).alias(c) for c, t in types.items()
+                              if c not in rows.columns]).select(
+        [pl.col(c).cast(t) for c, t in types.items()])
 
 
 def _now() -> str:
@@ -94,8 +108,8 @@ def _write(dataset: Path, rows: pl.DataFrame, change: dict[str, Any]) -> str:
 
     versions = label_versions(dataset)
     new = f"{int(versions[-1]) + 1 if versions else 1:06d}"
-    table = rows.with_columns(pl.lit(new).alias("label_version")).select(
-        [pl.col(c).cast(t) for c, t in _schema().items()]).sort("key").to_arrow()
+    table = _conform(rows.with_columns(pl.lit(new).alias("label_version"))).sort(
+        "key").to_arrow()
     meta = {b"biomedica_kit.label_parent": (versions[-1] if versions else "").encode(),
             b"biomedica_kit.label_change": json.dumps(change).encode()}
     write_parquet_atomic(table.replace_schema_metadata(meta),
@@ -149,7 +163,7 @@ def propagate(dataset: str | Path, run: str, *, taxonomy: str | Path | None = No
             label_source=pl.lit("proposal"), run=pl.lit(run), decided_by=pl.lit(None),
             decided_at=pl.lit(_now()), note=pl.lit(None), dataset_version=pl.lit(version),
             label_version=pl.lit(None))
-        rows = rows.select([pl.col(c).cast(t) for c, t in _schema().items()])
+        rows = _conform(rows)
         return _write(root, _merge(read_labels(root).select(rows.columns), rows),
                       {"kind": "proposal", "run": run})
 
@@ -194,7 +208,7 @@ def decide(dataset: str | Path, run: str, decisions: Iterable[Decision], *,
                 dataset_version=pl.lit(version), label_version=pl.lit(None)))
         if not new_rows:
             raise LabelError("no decisions given")
-        rows = pl.concat(new_rows).select([pl.col(c).cast(t) for c, t in _schema().items()])
+        rows = _conform(pl.concat(new_rows))
         merged = _merge(read_labels(root).select(rows.columns), rows)
         return _write(root, merged, {"kind": "expert", "run": run,
                                      "clusters": [d.cluster for d in decisions]})
@@ -223,3 +237,11 @@ def override(dataset: str | Path, keys: Iterable[str], *, primary_label: str | N
             "note": note, "dataset_version": version} for k in keys], schema=_schema())
         merged = pl.concat([old.join(rows.select("key"), on="key", how="anti"), rows])
         return _write(root, merged, {"kind": "override", "keys": len(keys)})
+
+
+def write_version(dataset: str | Path, rows: pl.DataFrame, change: dict[str, Any]) -> str:
+    """Write ``rows`` (the whole table) as a new version recording ``change``; returns it.
+    Labels not in the taxonomy are the caller's to refuse (review reports them)."""
+    root = Path(dataset)
+    with dataset_lock(root, "labels"):
+        return _write(root, _conform(rows), change)
