@@ -286,7 +286,7 @@ def apply(dataset: str | os.PathLike, *, note: str | None = None) -> ChangeSumma
         return None
     changes = {k: {"curation_decision": decisions.get(k), "curation_tags": tags.get(k, []),
                    "curation_note": notes.get(k)} for k in keys}
-    return apply_changes(dataset, changes, kind="curation", fields=list(APPLIED_FIELDS),
+    return apply_changes(Path(dataset), changes, kind="curation", fields=list(APPLIED_FIELDS),
                          note=note or f"curation decisions of {len(keys)} samples")
 
 

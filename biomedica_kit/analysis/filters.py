@@ -418,7 +418,8 @@ def count_unknown(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str,
     out = {}
     for name, expr in (("years", "year"), ("sizes", SIZE_SQL)):
         if getattr(filters, name) and not getattr(filters, f"{name}_unknown"):
-            loose = replace(filters, **{name: None})
+            loose = replace(filters, years=None) if name == "years" else \
+                replace(filters, sizes=None)
             out[name] = con.execute(
                 f"SELECT count(*) FROM figures WHERE ({loose.where(con)}) AND {expr} IS NULL"
             ).fetchone()[0]

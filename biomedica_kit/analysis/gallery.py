@@ -57,11 +57,10 @@ def thumbnail(data: bytes, side: int = THUMB_SIDE) -> tuple[str, str]:
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (side, side))  # JPEG: decode at a reduced scale (much faster)
-        im.thumbnail((side, side), reducing_gap=2.0)
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
+    with Image.open(io.BytesIO(data)) as src:
+        src.draft("RGB", (side, side))  # JPEG: decode at a reduced scale (much faster)
+        src.thumbnail((side, side), reducing_gap=2.0)
+        im: Image.Image = src if src.mode in ("RGB", "L") else src.convert("RGB")
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=80)
     return "image/jpeg", base64.b64encode(buf.getvalue()).decode("ascii")

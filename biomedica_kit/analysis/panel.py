@@ -148,17 +148,17 @@ class FilterPanel:
                                          (self.sizes, filters.sizes, filters.sizes_unknown)):
                 if rng.span is None:
                     continue
-                lo, hi = values or rng.span
+                lo, hi = values if values is not None else rng.span
                 rng.slider.value = (max(lo, rng.span[0]), min(hi, rng.span[1]))
                 rng.unknown.value = values is None or unknown
             self.journal.value = filters.journal or ""
             self.text.value = filters.text or ""
-            for box, values in ((self.keywords, filters.keywords), (self.mesh, filters.mesh),
+            for box, chosen in ((self.keywords, filters.keywords), (self.mesh, filters.mesh),
                                 (self.tags, filters.tags)):
-                extra = [v for v in values if v not in box.allowed_tags]
+                extra = [v for v in chosen if v not in box.allowed_tags]
                 if extra and box.allowed_tags and box.free:
                     box.allowed_tags = [*box.allowed_tags, *extra]
-                box.value = [v for v in values if not box.allowed_tags or v in box.allowed_tags]
+                box.value = [v for v in chosen if not box.allowed_tags or v in box.allowed_tags]
             self.decision.value = filters.decision or ANY
             self.sort.value = filters.sort
             self.seed.value = int(filters.seed)

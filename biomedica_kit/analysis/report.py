@@ -383,7 +383,8 @@ def render_images(charts: list[Chart], out: Path, *, width: int = 1000, height: 
     if missing:
         raise ReportError(f"kaleido did not write {missing}")
     for c in charts:
-        _shrink_png(c.png)
+        if c.png is not None:
+            _shrink_png(c.png)
 
 
 def _shrink_png(path: Path) -> None:
