@@ -233,6 +233,18 @@ def _proposal_rows(root: Path, run: str, keys: list[str]) -> pl.DataFrame:
                           dataset_version=pl.lit(read_manifest(root)["dataset_version"])))
 
 
+def _same(old: pl.DataFrame, rows: pl.DataFrame) -> bool:
+    """Whether two tables hold the same labels (times and versions aside)."""
+    import polars as pl
+
+    if old.is_empty() or old.height != rows.height:
+        return False
+    cols = [c for c in old.columns if c not in ("decided_at", "label_version")]
+    a = old.select(cols).sort("key")
+    b = rows.select([pl.col(c).cast(old.schema[c]) for c in cols]).sort("key")
+    return a.equals(b)
+
+
 def record_review(dataset: str | Path, run: str, resolution: Resolution, *,
                   origin: str, change: dict[str, Any] | None = None) -> str:
     """Write the resolution as a new label version (module doc); returns the version."""
@@ -257,6 +269,8 @@ def record_review(dataset: str | Path, run: str, resolution: Resolution, *,
             kept = kept.join(new.select("key"), on="key", how="anti")
         restored = _proposal_rows(root, run, withdrawn["key"].to_list())
         rows = pl.concat([kept, new, restored], how="diagonal_relaxed")
+        if _same(old, rows):  # nothing changed since the last pull: no new version
+            return str(old["label_version"][0])
         info = {"kind": "review", "run": run, "origin": origin,
                 "targets": len(resolution.resolved), "conflicts": len(resolution.conflicts),
                 "samples": new.height, "restored": restored.height,
