@@ -402,6 +402,8 @@ def _shrink_png(path: Path) -> None:
 
 #: The notebook CSS every page shares (nbconvert's lab template inlines ~250 KB per page).
 NOTEBOOK_CSS = "assets/notebook.css"
+_CSS_COMMENT = re.compile(r"/\*.*?\*/", re.S)
+_CSS_SPACE = re.compile(r"\s*\n\s*")
 
 
 def write_notebook_css(out: Path) -> Path:
@@ -415,9 +417,11 @@ def write_notebook_css(out: Path) -> Path:
         if found is None:
             raise ReportError(f"nbconvert's lab template has no {name}")
         parts.append(found.read_text(encoding="utf-8"))
+    css = _CSS_COMMENT.sub("", "\n".join(parts))  # comments are a fifth of it
+    css = _CSS_SPACE.sub("\n", css)
     path = out / NOTEBOOK_CSS
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    path.write_text(css, encoding="utf-8")
     return path
 
 
