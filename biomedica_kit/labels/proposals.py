@@ -24,9 +24,11 @@ taxonomy).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,13 +127,20 @@ def _cluster_captions(dataset: Path, run: Path, sample: int, seed: int) -> dict[
     return out
 
 
+@lru_cache(maxsize=2)
+def _encoder(model: str, pretrained: str | None) -> Encoder:
+    """An encoder loaded once per process (proposals for several runs reuse it)."""
+    return load_encoder(model, pretrained=pretrained)
+
+
 def _spec_encoder(spec: list[str | None] | None) -> Encoder | None:
     if not spec or not spec[0]:
         return None
-    return load_encoder(str(spec[0]), pretrained=spec[1])
+    return _encoder(str(spec[0]), spec[1])
 
 
-def propose_run(dataset: str | Path, run: str, *, taxonomy: str | Path | None = None,
+def propose_run(dataset: str | os.PathLike[str], run: str, *,
+                taxonomy: str | os.PathLike[str] | None = None,
                 cfg: ProposalConfig | None = None) -> pa.Table:
     """Score every cluster of ``run`` and write ``clusters/<run>/proposals.parquet``."""
     import pyarrow as pa
@@ -218,7 +227,7 @@ def propose_run(dataset: str | Path, run: str, *, taxonomy: str | Path | None = 
     return table
 
 
-def proposal_rows(dataset: str | Path, run: str) -> list[dict[str, Any]]:
+def proposal_rows(dataset: str | os.PathLike[str], run: str) -> list[dict[str, Any]]:
     """The proposals of a run as dicts (evidence and alternatives parsed)."""
     import pyarrow.parquet as pq
 

@@ -17,6 +17,7 @@ are refused. The newest version is what :func:`biomedica_kit.tables.connect.conn
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -63,13 +64,13 @@ class Decision:
     note: str | None = None
 
 
-def label_versions(dataset: str | Path) -> list[str]:
+def label_versions(dataset: str | os.PathLike[str]) -> list[str]:
     """The label versions, oldest first."""
     d = Path(dataset) / LABELS_DIR
     return sorted(m.group(1) for p in d.glob("*.parquet") if (m := _VERSION.match(p.name)))
 
 
-def read_labels(dataset: str | Path, version: str | None = None) -> pl.DataFrame:
+def read_labels(dataset: str | os.PathLike[str], version: str | None = None) -> pl.DataFrame:
     """A version of the label table (default: the newest; empty when there is none)."""
     import polars as pl
 
@@ -140,8 +141,8 @@ def _merge(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
             .unique("key", keep="first").drop("_rank", "_age"))
 
 
-def propagate(dataset: str | Path, run: str, *, taxonomy: str | Path | None = None
-              ) -> str:
+def propagate(dataset: str | os.PathLike[str], run: str, *,
+              taxonomy: str | os.PathLike[str] | None = None) -> str:
     """A new version giving every sample of ``run`` its cluster's proposal (expert and
     override labels kept). Returns the new label version."""
     import polars as pl
@@ -168,8 +169,8 @@ def propagate(dataset: str | Path, run: str, *, taxonomy: str | Path | None = No
                       {"kind": "proposal", "run": run})
 
 
-def decide(dataset: str | Path, run: str, decisions: Iterable[Decision], *,
-           taxonomy: str | Path | None = None) -> str:
+def decide(dataset: str | os.PathLike[str], run: str, decisions: Iterable[Decision], *,
+           taxonomy: str | os.PathLike[str] | None = None) -> str:
     """A new version recording expert decisions on clusters of ``run``: ``accept`` takes the
     proposal, ``change`` the decision's labels, ``reject`` clears the labels (the samples
     stay, labelled as rejected by an expert). Per-sample overrides are kept."""
@@ -214,10 +215,10 @@ def decide(dataset: str | Path, run: str, decisions: Iterable[Decision], *,
                                      "clusters": [d.cluster for d in decisions]})
 
 
-def override(dataset: str | Path, keys: Iterable[str], *, primary_label: str | None,
+def override(dataset: str | os.PathLike[str], keys: Iterable[str], *, primary_label: str | None,
              secondary_label: str | None, panel_type: str | None = None,
              by: str | None = None, note: str | None = None,
-             taxonomy: str | Path | None = None) -> str:
+             taxonomy: str | os.PathLike[str] | None = None) -> str:
     """A new version setting the labels of individual samples (``label_source`` override)."""
     import polars as pl
 
@@ -239,7 +240,8 @@ def override(dataset: str | Path, keys: Iterable[str], *, primary_label: str | N
         return _write(root, merged, {"kind": "override", "keys": len(keys)})
 
 
-def write_version(dataset: str | Path, rows: pl.DataFrame, change: dict[str, Any]) -> str:
+def write_version(dataset: str | os.PathLike[str], rows: pl.DataFrame,
+                  change: dict[str, Any]) -> str:
     """Write ``rows`` (the whole table) as a new version recording ``change``; returns it.
     Labels not in the taxonomy are the caller's to refuse (review reports them)."""
     root = Path(dataset)
