@@ -58,7 +58,7 @@ class ClusterConfig:
     kind: str = "image"  # which vectors of the store: image or text
     backend: str = field(default_factory=kmeans.default_backend)
     niter: int = 20
-    sample_per_centroid: int = 256
+    sample_per_centroid: int = 128
     pca_sample: int = 100_000
     exemplars: int = 8
     map_method: str = field(default_factory=map2d.default_map_method)

@@ -59,16 +59,19 @@ class EmbedSummary:
     already: int  # found in the store
     parts_written: int
     seconds: float
+    load_seconds: float = 0.0  # of ``seconds``: loading the models
 
     def format_lines(self) -> list[str]:
         """The summary as the CLI prints it."""
-        rate = self.embedded / self.seconds if self.seconds else 0.0
+        busy = self.seconds - self.load_seconds
+        rate = self.embedded / busy if busy > 0 else 0.0
         return [f"store     {self.path}",
                 f"models    image {self.image_model or '-'}; text {self.text_model or '-'} "
                 f"(device {self.device})",
                 f"samples   {self.total} in version {self.dataset_version}: {self.embedded} "
                 f"embedded now, {self.already} already there",
-                f"time      {self.seconds:.1f} s ({rate:.1f} samples/s)"]
+                f"time      {self.seconds:.1f} s ({self.load_seconds:.1f} s loading models; "
+                f"{rate:.1f} samples/s after)"]
 
 
 def default_workers() -> int:
@@ -168,8 +171,10 @@ def embed(dataset: str | os.PathLike[str], *, model: str | None = None,
     t0 = time.perf_counter()
     root = Path(dataset)
     export(root)
+    t_load = time.perf_counter()
     image, text = open_models(model, pretrained=pretrained, text_model=text_model,
                               device=device)
+    t_load = time.perf_counter() - t_load
     if image is None and text is None:
         raise ValueError("nothing to embed: both --model and --text-model are none")
     with dataset_lock(root, "embed"):
@@ -204,7 +209,7 @@ def embed(dataset: str | os.PathLike[str], *, model: str | None = None,
         text_model=text.model_version if text else None,
         device=(image or text).device,  # type: ignore[union-attr]
         total=total, embedded=embedded, already=already, parts_written=n_parts,
-        seconds=round(time.perf_counter() - t0, 3))
+        seconds=round(time.perf_counter() - t0, 3), load_seconds=round(t_load, 3))
 
 
 class _NoDecoder:
