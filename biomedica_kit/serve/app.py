@@ -40,6 +40,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from biomedica_kit.dataset.manifest import read_manifest
@@ -56,7 +57,7 @@ from biomedica_kit.serve.validation import (
 )
 from biomedica_kit.tables.samples import StaleMetadata, read_member
 
-__all__ = ["STATIC_DIR", "create_app"]
+__all__ = ["ERRORS", "STATIC_DIR", "ErrorBody", "create_app"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 _THUMBS = 512
@@ -67,11 +68,28 @@ Q = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS,
                          description="Query text (words; no query syntax).")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="Results per page.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Results to skip.")]
-Page = Annotated[int | None, Query(ge=1, le=MAX_OFFSET + 1,
+Page = Annotated[int | None, Query(ge=1, le=MAX_OFFSET // MAX_K + 1,
                                    description="Page number (1-based); overrides offset.")]
 Values = Annotated[list[str] | None, Query(max_length=20)]
 Year = Annotated[str | None, Query(max_length=9, pattern=r"^\s*(\d{4})?\s*-?\s*(\d{4})?\s*$",
                                    description="YYYY or YYYY-YYYY (either side open).")]
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers with."""
+
+    error: str
+    status: int
+    detail: list[dict[str, Any]] | None = None
+
+
+#: Error responses every route may give (documented in the OpenAPI schema).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "Malformed request"), (404, "Not found"),
+        (409, "Not indexed, or the index is stale"), (411, "Length required"),
+        (413, "Upload too large"), (416, "Range not satisfiable"),
+        (422, "Invalid input"))}
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -79,15 +97,15 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 def _offset(k: int, offset: int, page: int | None) -> int:
-    off = (page - 1) * k if page is not None else offset
-    if off > MAX_OFFSET:
-        raise InputError(f"results deeper than {MAX_OFFSET} are not served (page/offset)")
-    return off
+    """The first result of a page (``page`` wins over ``offset``; both stay within
+    MAX_OFFSET by their bounds)."""
+    return (page - 1) * k if page is not None else offset
 
 
 def _result(searcher: Searcher, res: SearchResult, q: str | None) -> dict[str, Any]:
     return {"query": q, "mode": res.mode, "k": res.k, "offset": res.offset,
-            "total": res.total, "took_ms": res.took_ms, "results": searcher.rows(res.hits)}
+            "total": res.total, "took_ms": res.took_ms, "timings_ms": res.timings,
+            "results": searcher.rows(res.hits)}
 
 
 class _Thumbs:
@@ -134,6 +152,7 @@ def create_app(dataset: str | os.PathLike[str], *, embeddings: str | None = None
     thumbs = _Thumbs()
     records = Records(root)
     app = FastAPI(title="biomedica-kit search", version="1", docs_url=None, redoc_url=None,
+                  responses=ERRORS,
                   description="Search and stream a BIOMEDICA-style figure/caption dataset "
                               "(read-only).")
     app.state.searcher = s

@@ -83,13 +83,15 @@ def read_index_info(dataset: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def index_dataset(dataset: str | os.PathLike[str], *,
-                  embeddings: Sequence[str] | None = None, rebuild: bool = False
-                  ) -> IndexSummary:
+                  embeddings: Sequence[str] | None = None, rebuild: bool = False,
+                  refresh: bool = True) -> IndexSummary:
     """Bring ``DATASET/index/`` up to date (module doc). ``embeddings`` names the stores to
-    index (default: every store of the dataset; an empty list: none)."""
+    index (default: every store of the dataset; an empty list: none); ``refresh=False``
+    indexes ``metadata/figures.parquet`` as it is, without exporting it first."""
     t0 = time.perf_counter()
     root = Path(dataset)
-    export(root)
+    if refresh:
+        export(root)
     names = list_stores(root) if embeddings is None else list(embeddings)
     known = set(list_stores(root))
     missing = [n for n in names if n not in known]

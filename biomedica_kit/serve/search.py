@@ -17,8 +17,8 @@ image           the upload's image vector against image vectors (and caption vec
 similar         a sample's own image and caption vectors (itself left out)
 ==============  ===================================================================
 
-Paging takes ``offset + k`` from every list before fusing, so page two is the continuation
-of page one.
+Paging takes the same :data:`FUSE_DEPTH` results (or ``offset + k`` when deeper) from every
+list before fusing, so page two is the continuation of page one.
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ if TYPE_CHECKING:
 
     from biomedica_kit.embed.encoders import Encoder
 
-__all__ = ["MODES", "RRF_K", "Hit", "NotIndexed", "SearchResult", "Searcher", "rrf"]
+__all__ = ["FUSE_DEPTH", "MODES", "RRF_K", "Hit", "NotIndexed", "SearchResult", "Searcher", "rrf"]
 
 MODES = ("keyword", "vector", "hybrid")
 RRF_K = 60
+#: Results taken from each source before fusing (more when a page reaches deeper), the same
+#: for every page, so page two continues page one.
+FUSE_DEPTH = 100
 #: Columns of the catalog a result carries.
 RESULT_COLUMNS = ("key", "caption", "pmcid", "article_id", "title", "license", "license_code",
                   "year", "journal", "kind", "label", "figure_label")
@@ -80,6 +83,17 @@ class SearchResult:
     hits: list[Hit]
     total: int | None
     took_ms: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # ms per step (encode, search)
+
+
+def _depth(offset: int, k: int) -> int:
+    """How many results to take from each source for the page ``[offset, offset + k)``."""
+    return max(FUSE_DEPTH, offset + k)
+
+
+def _lap(timings: dict[str, float], name: str, since: float) -> None:
+    """Add the milliseconds since ``since`` to ``timings[name]``."""
+    timings[name] = timings.get(name, 0.0) + (time.perf_counter() - since) * 1e3
 
 
 def rrf(lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int = RRF_K) -> list[Hit]:
@@ -195,11 +209,13 @@ class Searcher:
         return self.encoder("text").encode_texts([text])[0]
 
     def embed_image(self, image: Image.Image) -> np.ndarray:
-        """An uploaded image's vector in the image space."""
+        """An image's vector in the image space, decoded as the store's images were (a JPEG
+        at reduced size when the model's input allows: call before ``image.load()``)."""
         from biomedica_kit.embed.decode import fit_image
 
         enc = self.encoder("image")
         assert enc.image_spec is not None
+        image.draft("RGB", (enc.image_spec.resize, enc.image_spec.resize))
         return enc.encode_images(np.array(fit_image(image, enc.image_spec))[None])[0]
 
     # ---------------------------------------------------------------------- sources
@@ -220,41 +236,53 @@ class Searcher:
                 self._filters.popitem(last=False)
         return made
 
-    def _vector_list(self, kind: str, vec: np.ndarray, depth: int,
-                     sel: IdFilter | None) -> tuple[np.ndarray, np.ndarray]:
+    def _vector_list(self, kind: str, vec: np.ndarray, depth: int, sel: IdFilter | None,
+                     timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         index = self.vectors.get(kind)
         if index is None:
             raise NotIndexed(f"no {kind} vector index")
+        t = time.perf_counter()
         scores, ids = index.search(vec[None], depth, sel)
+        _lap(timings, f"{kind}_ann", t)
         return ids[0], scores[0]
 
     def _text_lists(self, q: str, mode: str, depth: int, filters: Filters,
-                    lists: dict[str, tuple[np.ndarray, np.ndarray]]) -> int | None:
+                    lists: dict[str, tuple[np.ndarray, np.ndarray]],
+                    timings: dict[str, float]) -> int | None:
         """Add the text sources of ``mode`` to ``lists``; the keyword match count."""
         total = None
         if mode in ("keyword", "hybrid"):
+            t = time.perf_counter()
             ids, scores, total = self.keyword.search(q, depth, filters=filters)
+            _lap(timings, "keyword", t)
             lists["keyword"] = (ids, scores)
         if mode in ("vector", "hybrid"):
             if not self.has_text_vectors():
                 raise NotIndexed("vector search needs caption vectors: run `biomedica embed` "
                                  "and `biomedica index`")
+            t = time.perf_counter()
             vec = self.embed_text(q)
+            _lap(timings, "encode_text", t)
+            t = time.perf_counter()
             sel = self.id_filter(filters)
+            _lap(timings, "filter", t)
             if "text" in self.vectors:
-                lists["caption_vector"] = self._vector_list("text", vec, depth, sel)
+                lists["caption_vector"] = self._vector_list("text", vec, depth, sel, timings)
             if self.store is not None and self.store.info.joint and "image" in self.vectors:
-                lists["image_vector"] = self._vector_list("image", vec, depth, sel)
+                lists["image_vector"] = self._vector_list("image", vec, depth, sel, timings)
         return total
 
     def _page(self, mode: str, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int,
-              offset: int, total: int | None, t0: float, drop: int | None = None
-              ) -> SearchResult:
+              offset: int, total: int | None, t0: float, timings: dict[str, float],
+              drop: int | None = None) -> SearchResult:
+        t = time.perf_counter()
         hits = [h for h in rrf(lists) if h.id != drop]
+        _lap(timings, "fuse", t)
         if total is None or len(lists) > 1:
             total = None if len(hits) >= offset + k else len(hits)
         return SearchResult(mode, k, offset, hits[offset: offset + k], total,
-                            round((time.perf_counter() - t0) * 1e3, 3))
+                            round((time.perf_counter() - t0) * 1e3, 3),
+                            {k: round(v, 3) for k, v in timings.items()})
 
     # ---------------------------------------------------------------------- searches
 
@@ -266,8 +294,9 @@ class Searcher:
         t0 = time.perf_counter()
         filters = filters or Filters()
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        total = self._text_lists(q, mode, offset + k, filters, lists)
-        return self._page(mode, lists, k, offset, total, t0)
+        timings: dict[str, float] = {}
+        total = self._text_lists(q, mode, _depth(offset, k), filters, lists, timings)
+        return self._page(mode, lists, k, offset, total, t0, timings)
 
     def search_image(self, image: Image.Image, q: str | None = None, *, k: int = 10,
                      offset: int = 0, filters: Filters | None = None) -> SearchResult:
@@ -277,17 +306,20 @@ class Searcher:
         if "image" not in self.vectors:
             raise NotIndexed("image search needs image vectors: run `biomedica embed` and "
                              "`biomedica index`")
-        depth = offset + k
+        depth = _depth(offset, k)
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
         vec = self.embed_image(image)
+        _lap(timings, "encode_image", t)
         sel = self.id_filter(filters)
-        lists = {"image_vector": self._vector_list("image", vec, depth, sel)}
+        lists = {"image_vector": self._vector_list("image", vec, depth, sel, timings)}
         if self.store is not None and self.store.info.joint and "text" in self.vectors:
-            lists["caption_vector"] = self._vector_list("text", vec, depth, sel)
+            lists["caption_vector"] = self._vector_list("text", vec, depth, sel, timings)
         if q and q.strip():
             self._text_lists(q, "hybrid" if self.has_text_vectors() else "keyword", depth,
-                             filters, lists)
+                             filters, lists, timings)
         return self._page("image+text" if q and q.strip() else "image", lists, k, offset,
-                          None, t0)
+                          None, t0, timings)
 
     def similar(self, key: str, *, k: int = 10, offset: int = 0,
                 filters: Filters | None = None) -> SearchResult:
@@ -297,16 +329,17 @@ class Searcher:
         if id_ is None:
             raise KeyError(key)
         sel = self.id_filter(filters or Filters())
-        depth = offset + k + 1
+        depth = _depth(offset, k) + 1
         lists = {}
+        timings: dict[str, float] = {}
         for kind, index in self.vectors.items():
             vec = index.vector(id_)
             if vec is not None:
                 lists[f"{'caption' if kind == 'text' else 'image'}_vector"] = \
-                    self._vector_list(kind, vec, depth, sel)
+                    self._vector_list(kind, vec, depth, sel, timings)
         if not lists:
             raise NotIndexed(f"{key} has no indexed vectors")
-        return self._page("similar", lists, k, offset, None, t0, drop=id_)
+        return self._page("similar", lists, k, offset, None, t0, timings, drop=id_)
 
     # ---------------------------------------------------------------------- results
 

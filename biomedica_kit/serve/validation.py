@@ -82,8 +82,8 @@ def parse_filters(*, license: Sequence[str] | None = None,
 
 
 def open_upload(data: bytes) -> Image.Image:
-    """An uploaded image, checked and decoded (InputError: empty, not an image of an allowed
-    format, too many pixels, or corrupt)."""
+    """An uploaded image, checked (InputError: empty, not an image of an allowed format,
+    too many pixels, or corrupt), opened but not yet loaded."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -92,7 +92,10 @@ def open_upload(data: bytes) -> Image.Image:
         raise InputError(f"the upload is over {MAX_UPLOAD_BYTES >> 20} MiB", 413)
     try:
         im = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
-    except (UnidentifiedImageError, OSError, ValueError):
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"the image has too many pixels ({exc}); at most {MAX_PIXELS:,} "
+                         f"decoded pixels are accepted", 413) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError(f"not an image of a known format ({', '.join(IMAGE_FORMATS)})"
                          ) from None
     w, h = im.size
@@ -101,8 +104,9 @@ def open_upload(data: bytes) -> Image.Image:
                          f"pixels are accepted", 413)
     if w < 1 or h < 1:
         raise InputError("the image has no pixels")
-    try:
-        im.load()
+    try:  # decode a copy in full: the one returned stays lazy (a JPEG may decode smaller)
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.load()
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise InputError(f"the image does not decode: {exc}") from None
     return im

@@ -15,7 +15,7 @@ FTS has no incremental update either.
 
 User text never reaches the query parser as syntax: :func:`query_terms` keeps the words
 (letters and digits), so field names, operators, wildcards and parentheses in a query string
-are just words.
+are just words, and a text without any matches nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["KEYWORD_DIR", "KeywordIndex", "query_terms"]
 KEYWORD_DIR = "keyword"
 _TERMS = ("license", "license_code", "label", "journal", "kind")
 _BOOSTS = {"caption": 2.0, "title": 1.0, "refs": 0.7, "abstract": 0.5}
-_WORD = re.compile(r"\w+", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _MAX_TERMS = 64
 _HEAP = 64 << 20
 
@@ -136,13 +136,13 @@ class KeywordIndex:
                                                  lo, hi))
         return out
 
-    def query(self, text: str, filters: Filters | None = None) -> tantivy.Query:
-        """The tantivy query for user text and filters (ValueError: no words in ``text``)."""
+    def query(self, text: str, filters: Filters | None = None) -> tantivy.Query | None:
+        """The tantivy query for user text and filters (None: ``text`` has no words)."""
         import tantivy
 
         words = query_terms(text)
         if not words:
-            raise ValueError("the query has no words to search for")
+            return None
         parsed = self.index.parse_query(" ".join(words), list(TEXT_FIELDS),
                                         field_boosts=_BOOSTS)
         clauses = [(tantivy.Occur.Must, parsed)]
@@ -152,9 +152,13 @@ class KeywordIndex:
 
     def search(self, text: str, k: int = 10, *, filters: Filters | None = None,
                offset: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-        """``(ids, BM25 scores, matching documents)``: the best ``k`` after ``offset``."""
+        """``(ids, BM25 scores, matching documents)``: the best ``k`` after ``offset`` (none
+        for a text without words)."""
+        query = self.query(text, filters)
+        if query is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), 0
         searcher = self.index.searcher()
-        res = searcher.search(self.query(text, filters), limit=k, offset=offset, count=True)
+        res = searcher.search(query, limit=k, offset=offset, count=True)
         hits = res.hits
         ids = searcher.fast_field_values("id", [a for _, a in hits]) if hits else []
         return (np.asarray(ids, dtype=np.int64), np.asarray([s for s, _ in hits], np.float32),

@@ -135,7 +135,7 @@ def test_samples_gone_from_the_version_are_never_found(grown, tmp_path):
 def test_query_text_is_words_only():
     assert query_terms('caption:foo AND (bar*) "x" OR -y') == ["caption", "foo", "and", "bar",
                                                                 "x", "or", "y"]
-    assert query_terms("!!! ???") == []
+    assert query_terms("!!! ??? _ __init__") == ["init"]
     assert len(query_terms("w " * 500)) == 64
 
 

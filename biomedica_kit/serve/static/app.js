@@ -46,10 +46,15 @@ function articleLink(r) {
   return r.article_url;
 }
 
+function licence(r) {
+  const code = r.license_code && r.license_code !== "none" ? r.license_code : null;
+  return code || r.license || "licence?";
+}
+
 function card(r) {
   const badges = el("div", { class: "badges" },
-    el("span", { class: `badge ${r.license || ""}`, title: "licence" },
-       r.license_code || r.license || "licence?"),
+    el("span", { class: `badge ${r.license || ""}`, title: `licence: ${r.license || "?"}` },
+       licence(r)),
     r.kind ? el("span", { class: "badge" }, r.kind) : null,
     r.label ? el("span", { class: "badge", title: "taxonomy label" }, r.label) : null);
   const meta = el("div", { class: "meta" },
@@ -120,8 +125,8 @@ async function openDetail(r) {
   $("d-image").src = r.image_url;
   $("d-image").alt = r.figure_label || r.key;
   $("d-title").textContent = r.title || r.key;
-  $("d-meta").textContent = [r.figure_label, r.journal, r.year, r.license_code || r.license,
-                             r.key].filter(Boolean).join(" · ");
+  $("d-meta").textContent = [r.figure_label, r.journal, r.year, licence(r), r.key]
+    .filter(Boolean).join(" · ");
   $("d-caption").textContent = r.caption || "";
   $("d-refs").replaceChildren(el("li", {}, "loading…"));
   $("d-article").href = articleLink(r);
@@ -131,8 +136,9 @@ async function openDetail(r) {
   try {
     const rec = await getJSON(r.url);
     const refs = rec.inline_refs || [];
-    $("d-refs").replaceChildren(...(refs.length ? refs.map((x) =>
-      el("li", {}, x.section ? el("b", {}, `${x.section}: `) : null, x.paragraph || ""))
+    $("d-refs").replaceChildren(...(refs.length ? refs.map((x) => typeof x === "string"
+      ? el("li", {}, x)
+      : el("li", {}, x.section ? el("b", {}, `${x.section}: `) : null, x.paragraph || ""))
       : [el("li", {}, "none")]));
   } catch (err) {
     $("d-refs").replaceChildren(el("li", {}, err.message));
