@@ -1,13 +1,13 @@
 """Push a cluster run to Label Studio: one review task per cluster, plus spot checks.
 
-``push(dataset, run, client)`` makes (or finds) the run's project, titled
-``<dataset folder>: <run>``, with the config of :mod:`curation.config`, and records it in
-``DATASET/review/<run>/project.json``. Media go by reference: the montage, exemplar
+``push(dataset, run, client)`` makes (or finds) the run's project, titled ``<dataset folder>:
+<run> [<hash of the dataset's path>]``, with the config of :mod:`curation.config`, and records
+it in ``DATASET/review/<run>/project.json``. Media go by reference: the montage, exemplar
 thumbnails and spot-check images are files under ``DATASET/review/<run>/media/`` (written
-once), served by Label Studio's local-files serving through one local-files storage per
-project whose path is that folder (``/data/local-files/?d=<path under the document root>``;
-the server's document root must hold the dataset: ``--files-root`` of
-``biomedica labelstudio start``).
+once), served by Label Studio's local-files serving through one local-files storage per project
+whose path is that folder (``/data/local-files/?d=<path under the document root>``; the
+server's document root must hold the dataset: ``--files-root`` of ``biomedica labelstudio
+start``).
 
 **Cluster tasks** (``ref`` ``cluster/<id>``) show the montage, the exemplars' thumbnails and
 captions, the size, the licence mix, the top caption terms and the proposal with its score
@@ -34,6 +34,7 @@ changed, and leaves everything else, annotations included, as it was.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -249,7 +250,8 @@ def ensure_project(client: LabelStudioClient, dataset: Path, run: str, tax: Taxo
                    files_root: Path) -> dict[str, Any]:
     """The run's project (made, or found by the record or its title), its config current and
     a local-files storage for its media; recorded in ``project.json``."""
-    title = f"{dataset.resolve().name}: {run}"[:50]
+    where = hashlib.sha1(str(dataset.resolve()).encode()).hexdigest()[:6]
+    title = f"{dataset.resolve().name}: {run}"[:41] + f" [{where}]"  # titles hold 50
     config = labeling_config(tax)
     rec = read_project(dataset, run)
     project = None

@@ -241,8 +241,15 @@ def ensure_template(venv: Path | None = None, *, timeout: float = 900.0) -> Path
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether ``host:port`` can be bound now."""
+    """Whether a server could listen on ``host:port`` now: nothing answers there and it binds
+    with ``SO_REUSEADDR`` as Django's server binds (connections of a killed server that
+    linger in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        if s.connect_ex((host, port)) == 0:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
