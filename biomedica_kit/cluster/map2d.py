@@ -40,7 +40,7 @@ def map_coordinates(points: np.ndarray, method: str, seed: int) -> np.ndarray:
     if method == "umap":
         import umap
 
-        reducer = umap.UMAP(n_neighbors=min(15, len(points) - 1), random_state=seed,
+        reducer = umap.UMAP(n_neighbors=min(15, len(points) - 1), random_state=seed, n_jobs=1,
                             n_components=2, metric="euclidean", init="spectral"
                             if len(points) > 16 else "random")
         return np.asarray(reducer.fit_transform(points), np.float32)
