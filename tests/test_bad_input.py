@@ -17,8 +17,8 @@ import pytest
 from conftest import folder_members, make_tar
 from PIL import Image
 
+from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import build
-from biomedica_kit.dataset.shards import verify
 
 PKG = "PMC12419688"
 XML = "koaf197.nxml"

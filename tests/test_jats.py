@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from biomedica_kit.cli.main import main
-from biomedica_kit.etl.jats import parse_jats
 from biomedica_kit.dataset.licenses import classify_license, license_code
+from biomedica_kit.etl.jats import parse_jats
 
 
 def load(corpus: Path, folder: str):
