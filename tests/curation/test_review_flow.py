@@ -302,3 +302,22 @@ def test_apply_labels_makes_a_verified_version_that_exports_and_subsets(pushed, 
             got[key] = json.loads(group["json"])
     assert got and all(m["label_source"] == "expert" and m["annotators"] for m in got.values())
     assert read_project(ds, run)["project"] == project
+
+
+def test_review_notebook_runs_headless_on_the_reviewed_dataset(pushed, tmp_path):
+    import nbformat
+
+    from biomedica_kit.analysis.report import execute_notebook, resolve_notebook
+
+    ds, run, project, tasks = pushed
+    out = tmp_path / "06_review.ipynb"
+    execute_notebook(resolve_notebook("06_review"), out, {"dataset": str(ds), "run": run},
+                     timeout=300)
+    nb = nbformat.read(out, as_version=4)
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/html", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"run {run}: project" in text and "samples changed" in text
+    assert "Fleiss' kappa" in text and "Krippendorff's alpha" in text
+    assert f"/projects/{project}/data?task={tasks['cluster/0']['id']}" in text
+    assert any("application/vnd.plotly.v1+json" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.outputs)
