@@ -142,12 +142,12 @@ def write_media(dataset: Path, run: str, thumbs: list[dict[str, Any]],
         todo = [r for r in rows if not (media / folder / f"{quote(r['key'], '')}.jpg").is_file()]
         for row, parts in read_samples(str(dataset), todo):
             data = next(b for e, b in parts if e == row["image_ext"])
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft("RGB", (side, side))
-                im = im.convert("RGB")
-                im.thumbnail((side, side))
-                with atomic_path(media / folder / f"{quote(row['key'], '')}.jpg") as tmp:
-                    im.save(tmp, "JPEG", quality=85)
+            with Image.open(io.BytesIO(data)) as src:
+                src.draft("RGB", (side, side))
+                im = src.convert("RGB")
+            im.thumbnail((side, side))
+            with atomic_path(media / folder / f"{quote(row['key'], '')}.jpg") as tmp:
+                im.save(tmp, "JPEG", quality=85)
             written += 1
     return written
 

@@ -15,7 +15,7 @@ Both return None when undefined (no item with two ratings, or a single category 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,7 +64,7 @@ def fleiss_kappa(counts: Sequence[Mapping[str, int]]) -> Kappa:
 
 def krippendorff_alpha(units: Sequence[Sequence[Hashable]]) -> float | None:
     """Krippendorff's alpha (nominal) from each unit's values, one per rater who rated it."""
-    coincidence: Counter[tuple[Hashable, Hashable]] = Counter()
+    coincidence: dict[tuple[Hashable, Hashable], float] = defaultdict(float)
     for values in units:
         m = len(values)
         if m < 2:
@@ -75,7 +75,7 @@ def krippendorff_alpha(units: Sequence[Sequence[Hashable]]) -> float | None:
                 pairs = nc * (nk - 1) if c == k else nc * nk
                 if pairs:
                     coincidence[(c, k)] += pairs / (m - 1)
-    totals: Counter[Hashable] = Counter()
+    totals: dict[Hashable, float] = defaultdict(float)
     for (c, _k), v in coincidence.items():
         totals[c] += v
     n = sum(totals.values())

@@ -168,7 +168,8 @@ class LabelJoin:
     def __init__(self, dataset: str | os.PathLike[str], version: str | None = None, *,
                  columns: Sequence[str] = JOINED) -> None:
         table = read_labels(dataset, version)
-        self.version = version or (label_versions(dataset) or [None])[-1]
+        known = label_versions(dataset)
+        self.version: str | None = version or (known[-1] if known else None)
         self.columns = tuple(columns)
         self._rows = {r["key"]: {c: r[c] for c in self.columns}
                       for r in table.select(["key", *self.columns]).iter_rows(named=True)}

@@ -157,9 +157,9 @@ def resolve(votes: Iterable[Vote]) -> Resolution:
             if tie:
                 continue
         winners = [v for v in vs if v.value == top]
-        agreement = None if len(vs) < 2 else top_n / len(vs)
-        if agreement is not None:
-            shares.append(agreement)
+        share = None if len(vs) < 2 else top_n / len(vs)
+        if share is not None:
+            shares.append(share)
         w = winners[0]
         labelled = w.secondary is not None and top != "not a figure"
         resolved.append(Resolved(
@@ -168,14 +168,14 @@ def resolve(votes: Iterable[Vote]) -> Resolution:
             panel_type=_majority(v.panel_type for v in vs),
             panel_subtype=_majority(v.panel_subtype for v in vs),
             flag=None if labelled else top, annotators=tuple(v.annotator for v in vs),
-            agreement=agreement, reviewed_at=max(v.at for v in vs),
+            agreement=share, reviewed_at=max(v.at for v in vs),
             status="single" if len(vs) == 1 else ("unanimous" if not rest else "majority")))
     kappa = fleiss_kappa(counts)
-    agreement = Agreement(targets=kappa.items, fleiss_kappa=kappa.overall,
-                          kappa_per_label=kappa.per_label,
-                          krippendorff_alpha=krippendorff_alpha(units),
-                          observed=sum(shares) / len(shares) if shares else None)
-    return Resolution(resolved, conflicts, agreement, n, ignored)
+    overall = Agreement(targets=kappa.items, fleiss_kappa=kappa.overall,
+                        kappa_per_label=kappa.per_label,
+                        krippendorff_alpha=krippendorff_alpha(units),
+                        observed=sum(shares) / len(shares) if shares else None)
+    return Resolution(resolved, conflicts, overall, n, ignored)
 
 
 def _now() -> str:
