@@ -47,13 +47,25 @@ def options(cmd: click.Command) -> list[str]:
 
 
 def doc_sections() -> dict[str, str]:
-    """docs/cli.md split at its headings, by the command each names (`biomedica NAME ...`)."""
+    """docs/cli.md split at its headings, by the command each names (`biomedica NAME ...`,
+    `biomedica GROUP NAME ...`)."""
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     out: dict[str, str] = {}
     for part in re.split(r"^#{2,3} ", text, flags=re.M)[1:]:
-        m = re.match(r"`biomedica ([a-z-]+)", part)
+        m = re.match(r"`biomedica ([a-z][a-z-]*(?: [a-z][a-z-]*)*)", part)
         if m:
             out[m.group(1)] = part
+    return out
+
+
+def commands(group: click.Group = main, prefix: str = "") -> dict[str, click.Command]:
+    """Every command by its full name, the subcommands of groups included."""
+    out: dict[str, click.Command] = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out.update(commands(cmd, f"{prefix}{name} "))
+        else:
+            out[prefix + name] = cmd
     return out
 
 
@@ -72,7 +84,7 @@ def test_the_commands_and_options_users_had_are_all_still_there():
 
 def test_every_option_of_every_command_is_documented():
     sections = doc_sections()
-    for name, cmd in main.commands.items():
+    for name, cmd in commands().items():
         assert name in sections, f"docs/cli.md has no section for `biomedica {name}`"
         missing = [o for o in options(cmd) if f"`{o}" not in sections[name]
                    and f"/ `{o}`" not in sections[name]]
