@@ -20,7 +20,8 @@ import pytest
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import iter_samples
 from biomedica_kit.dataset.verify import verify
-from biomedica_kit.etl.build import build, process_package, run_local
+from biomedica_kit.etl.build import build
+from biomedica_kit.etl.worker import process_package, run_local
 from biomedica_kit.ingest.sources import LAST_UPDATED, write_file_list
 
 CCBY = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "ccby" / "articles"

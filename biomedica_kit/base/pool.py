@@ -298,7 +298,7 @@ def run_ray(refs: Iterable[I], cfg: C, address: str = "local", *, worker: Worker
         started = True
     pending: deque = deque()
     try:
-        task = ray.remote(max_retries=1)(_call)
+        task: Any = ray.remote(max_retries=1)(_call)
         window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         # Shipped once, not with every task; any picklable callable can be the worker.
         worker_ref, cfg_ref = ray.put(worker), ray.put(cfg)

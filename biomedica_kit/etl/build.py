@@ -36,7 +36,7 @@ from biomedica_kit.dataset.manifest import ShardEntry, version_id, write_manifes
 from biomedica_kit.etl.config import CHECKPOINT_EVERY, BuildConfig
 from biomedica_kit.etl.ledger import DatasetState, file_list_row, records_table_rows
 from biomedica_kit.etl.summary import BuildSummary, write_reports
-from biomedica_kit.etl.worker import PackageResult, process_package, run_local, run_ray
+from biomedica_kit.etl.worker import PackageResult, run_local, run_ray
 from biomedica_kit.etl.writer import DatasetWriter
 from biomedica_kit.ingest.sources import (
     PackageRef,
@@ -53,8 +53,8 @@ from biomedica_kit.ingest.sources import (
 if TYPE_CHECKING:  # requests is imported only when a remote source is built
     from biomedica_kit.ingest.fetch import FetchPolicy
 
-__all__ = ["BuildConfig", "BuildSummary", "NothingToBuild", "Runner", "build",
-           "process_package", "run_local", "run_ray"]
+__all__ = ["BuildConfig", "BuildSummary", "NothingToBuild", "Runner", "build", "run_local",
+           "run_ray"]
 
 Runner = Callable[[Iterable[PackageRef], BuildConfig], Iterable[PackageResult]]
 
