@@ -56,6 +56,7 @@ def real_captions() -> list[str]:
 def synthesise(ds: Path, n: int, encoder, seed: int = 0) -> dict:
     """Write the SYNTHETIC dataset (manifest, figures.parquet, embeddings store)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from biomedica_kit.dataset.manifest import write_manifest
@@ -64,6 +65,9 @@ def synthesise(ds: Path, n: int, encoder, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     caps = real_captions()
     words = [_WORD.findall(c) or ["figure"] for c in caps]
+    flat_words = np.array([w for ws in words for w in ws], dtype=object)
+    lens = np.array([len(ws) for ws in words])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     base = encoder.encode_texts(caps)
     write_manifest(ds, [], parent=None, config={"synthetic": True}, counts={})
     tax = json.loads((SHARED / "taxonomy" / "taxonomy_collapsed_and_filtered.json").read_text())
@@ -94,18 +98,23 @@ def synthesise(ds: Path, n: int, encoder, seed: int = 0) -> dict:
             v = wt[:, None] * base[a] + (1 - wt[:, None]) * base[b]
             v += rng.standard_normal(v.shape).astype(np.float32) * 0.02
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            text = []
-            for i in range(m):
-                k = int(rng.integers(20, 50))
-                na = max(1, int(k * wt[i]))
-                pick = list(rng.choice(words[a[i]], na)) + list(rng.choice(words[b[i]],
-                                                                          k - na))
-                text.append("SYNTHETIC " + " ".join(pick))
+            # Captions: ~w of the words from caption a, the rest from b (vectorised).
+            k = rng.integers(20, 50, m)
+            na = np.maximum(1, (k * wt).astype(int))
+            src = np.concatenate([np.repeat(a, na), np.repeat(b, k - na)])
+            row = np.concatenate([np.repeat(np.arange(m), na), np.repeat(np.arange(m), k - na)])
+            tok = starts[src] + (rng.random(len(src)) * lens[src]).astype(int)
+            order = np.argsort(row, kind="stable")
+            offsets = np.concatenate([[0], np.cumsum(k)]).astype(np.int32)
+            lists = pa.ListArray.from_arrays(pa.array(offsets),
+                                             pa.array(flat_words[tok[order]], pa.string()))
+            text = pc.binary_join_element_wise("SYNTHETIC",
+                                               pc.binary_join(lists, " "), " ")
             keys = [f"synthetic-{j:08d}" for j in range(s, s + m)]
             cat = cats[rng.choice(3, m, p=cat_p / cat_p.sum())]
             w.write_table(pa.table({
                 "key": keys, "article_id": [f"synthetic-art-{j // 4}" for j in range(s, s + m)],
-                "pmcid": [None] * m, "article_title": ["SYNTHETIC article"] * m,
+                "pmcid": pa.nulls(m, pa.string()), "article_title": ["SYNTHETIC article"] * m,
                 "caption": text, "license_category": cat,
                 "license_code": np.where(cat == "commercial", "cc-by", "cc-by-nc"),
                 "year": years[rng.choice(len(years), m, p=year_p / year_p.sum())],
@@ -122,8 +131,11 @@ def synthesise(ds: Path, n: int, encoder, seed: int = 0) -> dict:
 
 
 def du(path: Path) -> int:
-    """Bytes of the files under ``path``."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    """Bytes of a file, or of the files under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def pct(values: list[float], q: float) -> float:
@@ -182,7 +194,7 @@ def main() -> None:
     from biomedica_kit.embed.encoders import DEFAULT_TEXT_MODEL, load_encoder
     from biomedica_kit.embed.store import EmbeddingStore
     from biomedica_kit.serve.indexer import index_dataset
-    from biomedica_kit.serve.search import rrf
+    from biomedica_kit.serve.search import FUSE_DEPTH, rrf
     from biomedica_kit.tables.catalog import Catalog, Filters
     from biomedica_kit.tables.keyword_index import KeywordIndex
 
@@ -226,42 +238,61 @@ def main() -> None:
     flat.add(x)
     cat = Catalog.open(ds)
     row_id = np.array([cat.id_of(k) for k in keys])
+    # Distinct queries for every (mode, filter) run, so no query vector comes from the
+    # server's cache; the vector ones embedded here too, for the exact answers.
     rng = np.random.default_rng(7)
-    queries = [" ".join(rng.choice(words, int(rng.integers(2, 5)))) for _ in
-               range(args.queries)]
-    qv = enc.encode_texts(queries)
-    t = time.perf_counter()
-    _, exact_rows = flat.search(qv, 10)
-    res["exact_flat_ms_per_query"] = round((time.perf_counter() - t) / len(qv) * 1e3, 2)
+    names = [f"{m}{f}" for m in ("keyword", "vector", "hybrid") for f in ("", "+filter")]
+    pool: set[str] = set()
+    while len(pool) < (len(names) + 1) * args.queries:
+        pool.add(" ".join(rng.choice(words, int(rng.integers(2, 5)))))
+    ordered = sorted(pool)
+    rng.shuffle(ordered)
+    sets = {n: ordered[i * args.queries:(i + 1) * args.queries] for i, n in enumerate(names)}
+    warm = ordered[len(names) * args.queries:]
     filt = {"license": "noncommercial", "year": "2015-2020"}
-    fmask = cat.mask(Filters(license=("noncommercial",), years=(2015, 2020)))
+    filters = Filters(license=("noncommercial",), years=(2015, 2020))
+    fmask = cat.mask(filters)
     res["filter_selectivity"] = round(float(fmask.mean()), 4)
-    sel = faiss.IDSelectorBatch(np.flatnonzero(fmask[row_id]).astype(np.int64))
     params = faiss.SearchParameters()
-    params.sel = sel
-    _, exact_f_rows = flat.search(qv, 10, params=params)
+    params.sel = faiss.IDSelectorBatch(np.flatnonzero(fmask[row_id]).astype(np.int64))
+    exact: dict[str, np.ndarray] = {}
+    qv = enc.encode_texts(sets["vector"])
+    t = time.perf_counter()
+    _, exact["vector"] = flat.search(qv, FUSE_DEPTH)
+    res["exact_flat_ms_per_query"] = round((time.perf_counter() - t) / len(qv) * 1e3, 2)
+    for n in ("vector+filter", "hybrid", "hybrid+filter"):
+        _, exact[n] = flat.search(enc.encode_texts(sets[n]), FUSE_DEPTH,
+                                  params=params if "filter" in n else None)
 
     # 2. The server over HTTP.
     proc, url = start_server(ds, args.threads)
     try:
         session = requests.Session()
-        for q in queries[:10]:
+        mem = {"opened": rss(proc.pid)["VmRSS"]}
+        for q in warm[:10]:
             session.get(url + "/search", params={"q": q, "mode": "hybrid"}).raise_for_status()
+        mem["model_loaded"] = rss(proc.pid)["VmRSS"]
+        floor = []  # the HTTP floor: /health (reads manifest.json), same client and server
+        for _ in range(args.queries):
+            t = time.perf_counter()
+            session.get(url + "/health").raise_for_status()
+            floor.append(time.perf_counter() - t)
+        res["http_floor"] = {"p50_ms": pct(floor, 50), "p99_ms": pct(floor, 99)}
         runs: dict = {}
-        for mode in ("keyword", "vector", "hybrid"):
-            for label, extra in (("", {}), ("+filter", filt)):
-                lat, server, got = [], [], []
-                for q in queries:
-                    t = time.perf_counter()
-                    r = session.get(url + "/search", params={"q": q, "mode": mode, "k": 10,
-                                                             **extra})
-                    lat.append(time.perf_counter() - t)
-                    r.raise_for_status()
-                    body = r.json()
-                    server.append(body["timings_ms"])
-                    got.append([h["key"] for h in body["results"]])
-                runs[mode + label] = {"lat": lat, "server": server, "got": got}
-        mem = rss(proc.pid)
+        for name in names:
+            extra = filt if "filter" in name else {}
+            lat, server, got = [], [], []
+            for q in sets[name]:
+                t = time.perf_counter()
+                r = session.get(url + "/search", params={"q": q, "mode": name.split("+")[0],
+                                                         "k": 10, **extra})
+                lat.append(time.perf_counter() - t)
+                r.raise_for_status()
+                body = r.json()
+                server.append(body["timings_ms"])
+                got.append([h["key"] for h in body["results"]])
+            runs[name] = {"lat": lat, "server": server, "got": got}
+        mem.update(rss(proc.pid))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -269,21 +300,18 @@ def main() -> None:
     table = {}
     for name, run in runs.items():
         mode, filtered = name.split("+")[0], "+" in name
-        exact = exact_f_rows if filtered else exact_rows
         recall = None
         if mode in ("vector", "hybrid"):
             rs = []
-            for i, (q, got) in enumerate(zip(queries, run["got"], strict=True)):
-                truth_ids = row_id[exact[i][exact[i] >= 0]]
-                truth = [cat.rows([j], ["key"])[0]["key"] for j in truth_ids]
-                if mode == "hybrid":
-                    k_ids, k_sc, _ = kw.search(q, 10, filters=Filters(
-                        license=("noncommercial",), years=(2015, 2020)) if filtered else None)
-                    ex = exact[i]
+            for q, got, ex_rows in zip(sets[name], run["got"], exact[name], strict=True):
+                ex = row_id[ex_rows[ex_rows >= 0]]
+                truth = [r["key"] for r in cat.rows(ex[:10], ["key"])]
+                if mode == "hybrid":  # the same fusion, over the exact vector list
+                    k_ids, k_sc, _ = kw.search(q, FUSE_DEPTH,
+                                               filters=filters if filtered else None)
                     fused = rrf({"keyword": (k_ids, k_sc),
-                                 "caption_vector": (row_id[ex[ex >= 0]],
-                                                    np.ones((ex >= 0).sum()))})[:10]
-                    truth = [cat.rows([h.id], ["key"])[0]["key"] for h in fused]
+                                 "caption_vector": (ex, np.ones(len(ex)))})[:10]
+                    truth = [r["key"] for r in cat.rows([h.id for h in fused], ["key"])]
                 rs.append(len(set(truth) & set(got)) / max(1, len(truth)))
             recall = round(float(np.mean(rs)), 4)
         enc_ms = [t.get("encode_text", 0.0) for t in run["server"]]
@@ -296,7 +324,10 @@ def main() -> None:
     res["http"] = table
     res["server_rss"] = mem
     res["rss_over_index"] = round(mem["VmRSS"] / res["size"]["index"], 2)
-    baselines(args, res, x, qv, ds, exact_rows)
+    # What the indexes cost in memory: the growth past the loaded model (torch + MiniLM).
+    res["index_rss_over_index"] = round((mem["VmRSS"] - mem["model_loaded"] + mem["opened"])
+                                        / res["size"]["index"], 2)
+    baselines(args, res, x, qv, ds)
     project(res)
     report(res)
     if args.json:
@@ -305,7 +336,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def baselines(args, res: dict, x: np.ndarray, qv: np.ndarray, ds: Path, exact) -> None:
+def baselines(args, res: dict, x: np.ndarray, qv: np.ndarray, ds: Path) -> None:
     """bm25s and usearch on the same data, in this process."""
     import pyarrow.parquet as pq
 
@@ -379,13 +410,18 @@ def report(res: dict) -> None:
         rec = "-" if r["recall_at_10"] is None else f"{r['recall_at_10']:.3f}"
         print(f"{name:<16}{r['p50_ms']:>8}{r['p99_ms']:>8}{r['server_encode_p50_ms']:>8}"
               f"{r['server_search_p50_ms']:>8}{rec:>11}")
+    print(f"HTTP floor (GET /health): p50 {res['http_floor']['p50_ms']} ms, p99 "
+          f"{res['http_floor']['p99_ms']} ms")
     print(f"exact IndexFlatIP: {res['exact_flat_ms_per_query']} ms/query; filter keeps "
           f"{res['filter_selectivity']:.1%}")
     print(f"bm25s: {json.dumps(res['bm25s'])}")
     if "usearch" in res:
         print(f"usearch HNSW f16: {json.dumps(res['usearch'])}")
-    print(f"server RSS {res['server_rss']['VmRSS'] / 1e6:.0f} MB = {res['rss_over_index']}x "
-          f"the index on disk; projection to 24M: {json.dumps(res['projection_24M'])}")
+    m = res["server_rss"]
+    print(f"server RSS {m['VmRSS'] / 1e6:.0f} MB = {res['rss_over_index']}x the index on disk "
+          f"(opened {m['opened'] / 1e6:.0f} MB, with the model {m['model_loaded'] / 1e6:.0f} "
+          f"MB; without the model: {res['index_rss_over_index']}x)")
+    print(f"projection to 24M: {json.dumps(res['projection_24M'])}")
 
 
 if __name__ == "__main__":

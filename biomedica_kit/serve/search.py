@@ -58,6 +58,7 @@ FUSE_DEPTH = 100
 RESULT_COLUMNS = ("key", "caption", "pmcid", "article_id", "title", "license", "license_code",
                   "year", "journal", "kind", "label", "figure_label")
 _FILTER_CACHE = 64
+_QUERY_CACHE = 512
 
 
 class NotIndexed(LookupError):
@@ -140,6 +141,7 @@ class Searcher:
         self._encoders: dict[str, Encoder | None] = {}
         self._lock = threading.Lock()
         self._filters: OrderedDict[Filters, IdFilter] = OrderedDict()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _pick_store(self, name: str | None) -> str | None:
         indexed = [s for s in self.info.get("vectors", {}) if s in list_stores(self.dataset)]
@@ -205,8 +207,19 @@ class Searcher:
         return enc
 
     def embed_text(self, text: str) -> np.ndarray:
-        """The query's vector in the caption space."""
-        return self.encoder("text").encode_texts([text])[0]
+        """The query's vector in the caption space (the last few hundred are kept: paging
+        and changing filters repeat a query)."""
+        with self._lock:
+            got = self._queries.get(text)
+            if got is not None:
+                self._queries.move_to_end(text)
+                return got
+        vec = self.encoder("text").encode_texts([text])[0]
+        with self._lock:
+            self._queries[text] = vec
+            while len(self._queries) > _QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vec
 
     def embed_image(self, image: Image.Image) -> np.ndarray:
         """An image's vector in the image space, decoded as the store's images were (a JPEG
