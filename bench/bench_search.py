@@ -337,14 +337,20 @@ def main() -> None:
 
 
 def baselines(args, res: dict, x: np.ndarray, qv: np.ndarray, ds: Path) -> None:
-    """bm25s and usearch on the same data, in this process."""
+    """bm25s and usearch on the same data, in this process (each skipped when not
+    installed: the ``bench`` extra)."""
     import pyarrow.parquet as pq
 
     caps = pq.read_table(ds / "metadata" / "figures.parquet",
                          columns=["caption"]).column("caption").to_pylist()
     n = min(args.bm25s_docs, len(caps))
-    import bm25s
-
+    try:
+        import bm25s
+    except ImportError:
+        print("bm25s not installed (the bench extra): its baseline is skipped")
+        args.bm25s_docs = 0
+    if not args.bm25s_docs:
+        return _usearch(args, res, x, qv)
     t = time.perf_counter()
     tokens = bm25s.tokenize(caps[:n], stopwords="en", show_progress=False)
     retriever = bm25s.BM25()
@@ -360,29 +366,38 @@ def baselines(args, res: dict, x: np.ndarray, qv: np.ndarray, ds: Path) -> None:
         lat.append(time.perf_counter() - t)
     res["bm25s"] = {"docs": n, "build_s": round(build, 1), "docs_per_s": round(n / build),
                     "query_p50_ms": pct(lat, 50), "query_p99_ms": pct(lat, 99)}
-    if args.usearch_docs:
+    _usearch(args, res, x, qv)
+
+
+def _usearch(args, res: dict, x: np.ndarray, qv: np.ndarray) -> None:
+    """usearch HNSW (f16) on the first ``--usearch-docs`` vectors."""
+    try:
         from usearch.index import Index
+    except ImportError:
+        print("usearch not installed (the bench extra): its baseline is skipped")
+        return
+    if not args.usearch_docs:
+        return
+    m = min(args.usearch_docs, len(x))
+    u = Index(ndim=x.shape[1], metric="ip", dtype="f16")
+    t = time.perf_counter()
+    u.add(np.arange(m), x[:m], threads=2)
+    build = time.perf_counter() - t
+    import faiss
 
-        m = min(args.usearch_docs, len(x))
-        u = Index(ndim=x.shape[1], metric="ip", dtype="f16")
+    sub = faiss.IndexFlatIP(x.shape[1])
+    sub.add(x[:m])
+    _, truth = sub.search(qv, 10)
+    lat, rec = [], []
+    for q, tr in zip(qv, truth, strict=True):
         t = time.perf_counter()
-        u.add(np.arange(m), x[:m], threads=2)
-        build = time.perf_counter() - t
-        import faiss
-
-        sub = faiss.IndexFlatIP(x.shape[1])
-        sub.add(x[:m])
-        _, truth = sub.search(qv, 10)
-        lat, rec = [], []
-        for q, tr in zip(qv, truth, strict=True):
-            t = time.perf_counter()
-            got = u.search(q, 10, threads=1).keys
-            lat.append(time.perf_counter() - t)
-            rec.append(len(set(tr) & set(got.tolist())) / 10)
-        res["usearch"] = {"vectors": m, "build_s": round(build, 1),
-                          "vectors_per_s": round(m / build), "query_p50_ms": pct(lat, 50),
-                          "recall_at_10": round(float(np.mean(rec)), 4),
-                          "filters_in_search": False}
+        got = u.search(q, 10, threads=1).keys
+        lat.append(time.perf_counter() - t)
+        rec.append(len(set(tr) & set(got.tolist())) / 10)
+    res["usearch"] = {"vectors": m, "build_s": round(build, 1),
+                      "vectors_per_s": round(m / build), "query_p50_ms": pct(lat, 50),
+                      "recall_at_10": round(float(np.mean(rec)), 4),
+                      "filters_in_search": False}
 
 
 def project(res: dict) -> None:
@@ -414,7 +429,8 @@ def report(res: dict) -> None:
           f"{res['http_floor']['p99_ms']} ms")
     print(f"exact IndexFlatIP: {res['exact_flat_ms_per_query']} ms/query; filter keeps "
           f"{res['filter_selectivity']:.1%}")
-    print(f"bm25s: {json.dumps(res['bm25s'])}")
+    if "bm25s" in res:
+        print(f"bm25s: {json.dumps(res['bm25s'])}")
     if "usearch" in res:
         print(f"usearch HNSW f16: {json.dumps(res['usearch'])}")
     m = res["server_rss"]
