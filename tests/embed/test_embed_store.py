@@ -100,19 +100,21 @@ def _subset_pairs(dest: Path, n: int) -> Path:
     return out
 
 
-def test_resume_after_kill_embeds_only_what_is_missing(tmp_path, embedded):
+def test_resume_after_kill_embeds_only_what_is_missing(tmp_path):
     from biomedica_kit.embed.run import embed
     from biomedica_kit.etl.pairs import import_pairs
 
     ds = tmp_path / "ds"
     import_pairs(_subset_pairs(tmp_path, 40), ds, workers=1, progress=False)
+    # Images only (the decoding workers and the model; captions resume the same way).
     script = textwrap.dedent(f"""
         from biomedica_kit.embed.run import embed
-        embed({str(ds)!r}, batch_size=4, part_size=8, workers=1, progress=False)
+        embed({str(ds)!r}, text_model="none", batch_size=4, part_size=8, workers=1,
+              progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ,
                             "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)
-    store_dir = ds / "embeddings" / STORE
+    store_dir = ds / "embeddings" / "mobilenet_v2"
     deadline = time.monotonic() + 300
     try:
         while len(list(store_dir.glob("part-*.parquet"))) < 2:
@@ -123,21 +125,28 @@ def test_resume_after_kill_embeds_only_what_is_missing(tmp_path, embedded):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    before = EmbeddingStore(ds, STORE).keys()
+    before = EmbeddingStore(ds, "mobilenet_v2").keys()
     assert 16 <= len(before) < 40  # two or more parts of 8, not all five
 
-    s = embed(ds, batch_size=4, part_size=8, workers=1, progress=False)
+    s = embed(ds, text_model="none", batch_size=4, part_size=8, workers=1, progress=False)
     assert (s.already, s.embedded) == (len(before), 40 - len(before))
-    store = EmbeddingStore(ds, STORE)
+    store = EmbeddingStore(ds, "mobilenet_v2")
     keys, vecs = store.load("image")
     assert sorted(keys) == sorted(r["key"] for r in _figures(ds)) and len(keys) == 40
     assert not [p for p in store.path.iterdir() if p.name.startswith(".tmp-")]
     # The resumed vectors are those a single uninterrupted run computes.
-    _, full = EmbeddingStore(embedded, STORE).load("image", keys)
+    embed(ds, text_model="none", name="uninterrupted", batch_size=4, part_size=64, workers=0,
+          progress=False)
+    _, full = EmbeddingStore(ds, "uninterrupted").load("image", keys)
     np.testing.assert_allclose(vecs, full, atol=3e-3)
-    _, txt = store.load("text", keys)
-    _, full_txt = EmbeddingStore(embedded, STORE).load("text", keys)
-    np.testing.assert_allclose(txt, full_txt, atol=3e-3)
+    # A new dataset version (more pairs imported): only its new keys are embedded.
+    grown = import_pairs(_subset_pairs(tmp_path, 48), ds, workers=1, progress=False)
+    assert grown.samples > 40
+    s = embed(ds, text_model="none", batch_size=4, part_size=8, workers=1, progress=False)
+    assert (s.already, s.embedded, s.total) == (40, grown.samples - 40, grown.samples)
+    info = json.loads((store.path / "info.json").read_text())
+    assert info["dataset_version"] == grown.dataset_version
+    assert [h["embedded"] for h in info["history"]] == [40 - len(before), grown.samples - 40]
 
 
 def test_open_clip_from_a_local_snapshot(tmp_path):
