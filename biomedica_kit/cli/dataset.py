@@ -21,8 +21,7 @@ def verify(dataset: str) -> None:
         click.echo(f"warning: {w}", err=True)
     for e in res.errors:
         click.echo(f"error: {e}", err=True)
-    click.echo(f"{'OK' if res.ok else 'FAILED'}: {res.shards} shards, {res.samples} samples, "
-               f"{len(res.errors)} errors")
+    click.echo("\n".join(res.format_lines()))
     sys.exit(0 if res.ok else 1)
 
 

@@ -48,10 +48,7 @@ def enrich(dataset: str, eutils_url: str | None, cache_dir: str | None, email: s
                       max_negative_age_days=max_negative_age)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"pmids {s.pmids}  " + " ".join(f"{k}={v}" for k, v in sorted(s.counts.items())))
-    click.echo(f"samples changed {s.samples_changed}  version {s.dataset_version}"
-               + (f" (parent {s.parent})" if s.parent else " (unchanged)"))
-    click.echo(f"entrez table {s.entrez_table}")
+    click.echo("\n".join(s.format_lines()))
 
 
 def register(group: click.Group) -> None:

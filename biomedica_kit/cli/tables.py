@@ -25,11 +25,7 @@ def export(dataset: str, force: bool, workers: int | None) -> None:
         s = run_export(dataset, force=force, workers=workers)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    state = "up to date" if s.up_to_date else (
-        f"{len(s.shards_read)} shards read, {s.shards_cached} cached")
-    click.echo(f"{s.figures_path}: {s.rows} figures, {len(s.columns)} columns")
-    click.echo(f"{s.articles_path}: {s.articles} articles")
-    click.echo(f"version {s.dataset_version}: {state}  ({s.seconds:.2f} s)")
+    click.echo("\n".join(s.format_lines()))
 
 
 @click.command()
@@ -85,12 +81,7 @@ def subset(dataset: str, where: str | None, keys_file: str | None, out: str,
                        shard_max_bytes=shard_bytes)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"dataset {s.out} version {s.dataset_version} (from {s.parent} "
-               f"version {s.parent_version})")
-    click.echo(f"samples {s.samples}  articles {s.articles}  shards {s.shards}  by subset " +
-               " ".join(f"{k}={v}" for k, v in s.samples_by_subset.items()))
-    if s.report_reconciles is not None:
-        click.echo(f"report reconciles: {'yes' if s.report_reconciles else 'NO'}")
+    click.echo("\n".join(s.format_lines()))
 
 
 def register(group: click.Group) -> None:

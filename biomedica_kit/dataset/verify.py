@@ -46,6 +46,11 @@ class VerifyResult:
         """Whether the dataset passed (warnings do not fail it)."""
         return not self.errors
 
+    def format_lines(self) -> list[str]:
+        """The verdict line the CLI prints (warnings and errors go to stderr, one per line)."""
+        return [f"{'OK' if self.ok else 'FAILED'}: {self.shards} shards, {self.samples} "
+                f"samples, {len(self.errors)} errors"]
+
 
 @dataclass
 class ChangeCheck:

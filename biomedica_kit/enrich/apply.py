@@ -62,6 +62,14 @@ class EnrichSummary:
     parent: str | None
     entrez_table: str
 
+    def format_lines(self) -> list[str]:
+        """The summary as the CLI prints it."""
+        return [f"pmids {self.pmids}  "
+                + " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())),
+                f"samples changed {self.samples_changed}  version {self.dataset_version}"
+                + (f" (parent {self.parent})" if self.parent else " (unchanged)"),
+                f"entrez table {self.entrez_table}"]
+
 
 def enrich(
     dataset: str | Path,

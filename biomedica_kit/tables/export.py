@@ -106,6 +106,14 @@ class ExportSummary:
     up_to_date: bool = False  # True when nothing had to be written
     seconds: float = 0.0
 
+    def format_lines(self) -> list[str]:
+        """The summary as the CLI prints it."""
+        state = "up to date" if self.up_to_date else (
+            f"{len(self.shards_read)} shards read, {self.shards_cached} cached")
+        return [f"{self.figures_path}: {self.rows} figures, {len(self.columns)} columns",
+                f"{self.articles_path}: {self.articles} articles",
+                f"version {self.dataset_version}: {state}  ({self.seconds:.2f} s)"]
+
 
 # ---------------------------------------------------------------------------- shard reading
 

@@ -96,6 +96,16 @@ class SubsetSummary:
     report_reconciles: bool | None = None  # None when the parent has no report tables
     seconds: float = 0.0
 
+    def format_lines(self) -> list[str]:
+        """The summary as the CLI prints it."""
+        lines = [f"dataset {self.out} version {self.dataset_version} (from {self.parent} "
+                 f"version {self.parent_version})",
+                 f"samples {self.samples}  articles {self.articles}  shards {self.shards}  "
+                 "by subset " + " ".join(f"{k}={v}" for k, v in self.samples_by_subset.items())]
+        if self.report_reconciles is not None:
+            lines.append(f"report reconciles: {'yes' if self.report_reconciles else 'NO'}")
+        return lines
+
 
 # ---------------------------------------------------------------------------- selection
 
