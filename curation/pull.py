@@ -181,7 +181,8 @@ def sync(client: LabelStudioClient, project: int, folder: Path, *, page_size: in
     pages = fetched = 0
     while True:
         got = client.get("/api/tasks/", project=project, page=1, page_size=page_size,
-                         fields="all", query=json.dumps(_query(p["since"], p["last_id"])))
+                         fields="all", resolve_uri="false",  # 20% faster; URLs not needed
+                         query=json.dumps(_query(p["since"], p["last_id"])))
         tasks = got["tasks"] if isinstance(got, dict) else got
         if not tasks:
             break
