@@ -50,11 +50,14 @@ def jupyterlab(analysis_dataset, tmp_path_factory):
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR",
                 "JUPYTER_RUNTIME_DIR"):
         env[var] = str(root / var.lower())
-    # No "receive Jupyter news?" prompt over the page.
-    notif = root / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
-    notif.mkdir(parents=True)
-    (notif / "notification.jupyterlab-settings").write_text(json.dumps(
-        {"fetchNews": "false", "checkForUpdates": False}))
+    # No "receive Jupyter news?" prompt over the page; every cell kept in the DOM (the
+    # default windowing drops cells scrolled out of view).
+    for ext, name, value in (("apputils-extension", "notification",
+                              {"fetchNews": "false", "checkForUpdates": False}),
+                             ("notebook-extension", "tracker", {"windowingMode": "none"})):
+        d = root / "jupyterlab_settings_dir" / "@jupyterlab" / ext
+        d.mkdir(parents=True)
+        (d / f"{name}.jupyterlab-settings").write_text(json.dumps(value))
     token, port = secrets.token_urlsafe(16), _free_port()
     argv = lab_argv(nbs, token=token, port=port) + ["--LabApp.expose_app_in_browser=True",
                                                    "--ServerApp.port_retries=0"]

@@ -91,7 +91,6 @@ class Explorer:
         self.page = 0
         self.panel = FilterPanel(self.con, self.facets, self.filters, self._on_filter)
         self.filters = self.panel.filters
-        self._charts: list[tuple[str, Any]] = []
         self._prev = w.Button(description="◀", layout=w.Layout(width="40px"))
         self._next = w.Button(description="▶", layout=w.Layout(width="40px"))
         self._prev.on_click(lambda _: self._turn(-1))
@@ -182,13 +181,18 @@ class Explorer:
         """A bar chart of the matches per ``by`` (``year``, ``license_category``,
         ``figure_kind``, ``article_type`` or ``journal``) whose bars filter the gallery:
         click a bar (or box-select several) to keep only those samples. It counts under the
-        other filters and redraws with them (a plotly FigureWidget; the clicks need a live
-        Jupyter frontend, static pages show the counts as a table)."""
+        current filters other than its own when made (re-run the cell to recount: redrawing
+        a shown FigureWidget from Python left the browser's chart empty). A plotly
+        FigureWidget: the clicks need a live Jupyter frontend; static pages show the counts
+        as a table."""
         import plotly.graph_objects as go
 
         if by not in _CHART_FILTERS:
             raise ValueError(f"by must be one of {list(_CHART_FILTERS)}, not {by!r}")
-        fig = go.FigureWidget(go.Bar(x=[], y=[], marker_color="#3d5a98", name="samples"))
+        # The counts go into the constructor: changes made before the widget is shown are
+        # sent as messages that no frontend view receives.
+        xs, ys = self._chart_counts(by)
+        fig = go.FigureWidget(go.Bar(x=xs, y=ys, marker_color="#3d5a98", name="samples"))
         fig.update_layout(template="plotly_white", height=300, dragmode="select",
                           margin={"l": 50, "r": 20, "t": 40, "b": 40}, meta={"chart": f"by_{by}"},
                           title={"text": f"Matches per {by} (click or select to filter)",
@@ -197,8 +201,6 @@ class Explorer:
         bar = fig.data[0]
         bar.on_click(lambda _trace, points, _state: self._chart_pick(by, points.xs))
         bar.on_selection(lambda _trace, points, _state: self._chart_pick(by, points.xs))
-        self._charts.append((by, fig))
-        self._redraw_chart(by, fig)
         return LinkedChart(by, fig)
 
     def _chart_pick(self, by: str, xs: Sequence[Any]) -> None:
@@ -214,24 +216,22 @@ class Explorer:
         name = _CHART_FILTERS[by]
         self.set_filters(**{name: values[0] if name == "journal" else tuple(values)})
 
-    def _redraw_chart(self, by: str, fig: Any) -> None:
+    def _chart_counts(self, by: str) -> tuple[list[str], list[int]]:
+        """Matches per value of ``by`` under every filter but ``by``'s own (40 at most)."""
         if not query.has_column(self.con, by):
-            fig.data[0].x, fig.data[0].y = [], []
-            return
+            return [], []
         loose = replace(self.filters, **{_CHART_FILTERS[by]: _CLEAR[_CHART_FILTERS[by]]})
         order = "1" if by == "year" else "2 DESC, 1"
         rows = self.con.execute(
             f"SELECT coalesce({query.quote_ident(by)}::VARCHAR, ?), count(*) FROM figures "
             f"WHERE ({loose.where(self.con)}) GROUP BY 1 ORDER BY {order} LIMIT 40",
             [UNKNOWN]).fetchall()
-        with fig.batch_update():
-            fig.data[0].x = [r[0] for r in rows]
-            fig.data[0].y = [r[1] for r in rows]
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     # ------------------------------------------------------------------------ redraw
 
     def refresh(self) -> None:
-        """Re-run the query and redraw status, predicate, cards and linked charts."""
+        """Re-run the query and redraw status, predicate and cards."""
         if self.facets.total == 0:
             return
         try:
@@ -251,8 +251,6 @@ class Explorer:
             f"(tick “include unknown” to keep them).</i> " for k, v in left_out.items() if v)
         self._draw_cards(self.rows())
         self._bulk.update(n)
-        for by, fig in self._charts:
-            self._redraw_chart(by, fig)
 
     def _draw_cards(self, rows: list[dict[str, Any]]) -> None:
         import ipywidgets as w
