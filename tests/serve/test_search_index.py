@@ -38,17 +38,17 @@ def _captions(ds: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory) -> dict:
-    """20 real pairs indexed with caption vectors, then 20 more added (a new version)."""
+    """10 real pairs indexed with caption vectors, then 10 more added (a new version)."""
     from biomedica_kit.embed.run import embed
     from biomedica_kit.etl.pairs import import_pairs
 
     tmp = tmp_path_factory.mktemp("grown")
     ds = tmp / "ds"
-    import_pairs(_pairs(tmp, 20), ds, workers=1, progress=False)
+    import_pairs(_pairs(tmp, 10), ds, workers=1, progress=False)
     embed(ds, model="none", part_size=16, workers=0, progress=False)
     first = index_dataset(ds)
     ids_before = {k: Catalog.open(ds).id_of(k) for k in _captions(ds)}
-    import_pairs(_pairs(tmp, 40), ds, workers=1, progress=False)
+    import_pairs(_pairs(tmp, 20), ds, workers=1, progress=False)
     embed(ds, model="none", part_size=16, workers=0, progress=False)
     second = index_dataset(ds)
     third = index_dataset(ds)
@@ -58,11 +58,11 @@ def grown(tmp_path_factory) -> dict:
 
 def test_a_new_version_indexes_only_its_new_samples(grown):
     first, second, third = grown["first"], grown["second"], grown["third"]
-    assert (first.added, first.keyword_written, first.samples) == (20, 20, 20)
-    assert (second.added, second.changed, second.removed) == (20, 0, 0)
-    assert second.keyword_written == 20 and second.keyword_docs == 40
+    assert (first.added, first.keyword_written, first.samples) == (10, 10, 10)
+    assert (second.added, second.changed, second.removed) == (10, 0, 0)
+    assert second.keyword_written == 10 and second.keyword_docs == 20
     (store,) = second.vectors
-    assert second.vectors[store]["text"]["count"] == 40
+    assert second.vectors[store]["text"]["count"] == 20
     assert (third.added, third.changed, third.keyword_written) == (0, 0, 0)
     assert second.dataset_version != first.dataset_version
     info = json.loads((grown["ds"] / "index" / "info.json").read_text())
@@ -98,7 +98,7 @@ def test_a_version_that_changes_fields_reindexes_those_samples(grown, tmp_path):
                   kind="test", fields=["journal"])
     s = index_dataset(ds)
     assert (s.added, s.changed, s.removed) == (0, 2, 0)
-    assert s.keyword_written == 2 and s.keyword_docs == 40
+    assert s.keyword_written == 2 and s.keyword_docs == 20
     cat, kw = Catalog.open(ds), KeywordIndex(ds)
     only = Filters(journal=("Journal of Index Tests",))
     ids, _, total = kw.search(_captions(ds)[keys[0]][:200], 10, filters=only)
@@ -119,17 +119,17 @@ def test_samples_gone_from_the_version_are_never_found(grown, tmp_path):
     keep = [k not in gone for k in table.column("key").to_pylist()]
     pq.write_table(table.filter(keep), path)
     s = index_dataset(ds)
-    assert (s.added, s.changed, s.removed, s.samples, s.keyword_docs) == (0, 0, 3, 37, 37)
+    assert (s.added, s.changed, s.removed, s.samples, s.keyword_docs) == (0, 0, 3, 17, 17)
     cat, kw = Catalog.open(ds), KeywordIndex(ds)
     (store,) = s.vectors
     vi = VectorIndex(ds, store, "text")
     for key in gone:
         i = cat.id_of(key)
         assert not cat.live[i]
-        ids, _, _ = kw.search(_captions(grown["ds"])[key][:300], 40)
+        ids, _, _ = kw.search(_captions(grown["ds"])[key][:300], 20)
         assert i not in ids.tolist()
-        _, vids = vi.search(vi.vector(i), 40, IdFilter(cat.mask()))
-        assert i not in vids[0].tolist() and len(vids[0][vids[0] >= 0]) == 37
+        _, vids = vi.search(vi.vector(i), 20, IdFilter(cat.mask()))
+        assert i not in vids[0].tolist() and len(vids[0][vids[0] >= 0]) == 17
 
 
 def test_query_text_is_words_only():
