@@ -89,7 +89,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Malformed request"), (404, "Not found"),
         (409, "Not indexed, or the index is stale"), (411, "Length required"),
         (413, "Upload too large"), (416, "Range not satisfiable"),
-        (422, "Invalid input"))}
+        (422, "Invalid input"), (500, "Internal error"))}
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -177,6 +177,11 @@ def create_app(dataset: str | os.PathLike[str], *, embeddings: str | None = None
     @app.exception_handler(NotIndexed)
     async def _not_indexed(_: Request, exc: NotIndexed) -> JSONResponse:
         return _error(409, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has "
+                           f"the details")
 
     @app.exception_handler(StaleMetadata)
     async def _stale(_: Request, exc: StaleMetadata) -> JSONResponse:
