@@ -103,7 +103,7 @@ def bench_push_pull(work: Path, n_clusters: int, n_spots: int) -> dict[str, floa
         folder = work / "sync"
         folder.mkdir()
         t0 = time.perf_counter()
-        sync(client, rec["project"], folder, page_size=500)
+        sync(client, rec["project"], folder, page_size=200)
         snap = tasks_snapshot(folder)
         votes, bad, seen, _ = task_votes(snap, _users(client), set(range(n_clusters)),
                                          {f"synthetic-{i}" for i in range(n_spots)})
