@@ -32,6 +32,7 @@ import plotly.graph_objects as go
 from biomedica_kit.analysis.display import Table, human_bytes
 from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.tables import query
+from biomedica_kit.tables.sql import scalar
 
 if TYPE_CHECKING:
     import duckdb
@@ -131,7 +132,7 @@ def _no_samples(chart: str) -> Missing:
 def _lacking(con: duckdb.DuckDBPyConnection, chart: str, *columns: str,
              view: str = "figures") -> Missing | None:
     """A note when ``view`` has no rows or lacks one of ``columns``; None when it can be drawn."""
-    if not con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]:
+    if not scalar(con, f"SELECT count(*) FROM {view}"):
         return _no_samples(chart)
     missing = [c for c in columns if not query.has_column(con, c, view)]
     if missing:
@@ -151,7 +152,7 @@ def _scalar(con: duckdb.DuckDBPyConnection, expr: str, *needs: str) -> Any:
     """One value over ``figures``, or None when a column it needs does not exist."""
     if not all(query.has_column(con, c) for c in needs):
         return None
-    return con.execute(f"SELECT {expr} FROM figures").fetchone()[0]
+    return scalar(con, f"SELECT {expr} FROM figures")
 
 
 def dataset_summary(con: duckdb.DuckDBPyConnection, dataset: str | os.PathLike) -> Table:
@@ -273,6 +274,8 @@ def top_journals(con: duckdb.DuckDBPyConnection, n: int = 20) -> go.Figure | Mis
     if lacking:
         return lacking
     t = query.journal_counts(con, per="figures", limit=n)
+    if t is None:
+        return Missing("top_journals", "No journal column in this dataset's samples.")
     articles = _counts(_quietly(query.journal_counts, con, per="articles", limit=None)[0],
                        "journal")
     names = [j if j is not None else "(no journal)" for j in t["journal"].to_list()]
@@ -327,7 +330,7 @@ def image_sizes(con: duckdb.DuckDBPyConnection) -> go.Figure | Missing:
     lacking = _lacking(con, "image_sizes", "image_width", "image_height")
     if lacking:
         return lacking
-    total = con.execute("SELECT count(*) FROM figures").fetchone()[0]
+    total = scalar(con, "SELECT count(*) FROM figures")
     lic = "license_category" if query.has_column(con, "license_category") else "NULL"
     sample = (f" USING SAMPLE reservoir({SCATTER_MAX} ROWS) REPEATABLE (42)"
               if total > SCATTER_MAX else "")
@@ -363,8 +366,8 @@ def _labelled_rows(con: duckdb.DuckDBPyConnection, view: str, name: str) -> int:
     q = query.quote_ident(name)
     dtype = query.columns(con, view)[name]
     cond = f"len({q}) > 0" if dtype.endswith("[]") else f"{q} IS NOT NULL"
-    return con.execute(f"SELECT count(*) FROM {query.quote_ident(view)} WHERE {cond}"
-                       ).fetchone()[0]
+    return scalar(con, f"SELECT count(*) FROM {query.quote_ident(view)} WHERE {cond}"
+                       )
 
 
 def topic_status(con: duckdb.DuckDBPyConnection) -> Table:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.tables import query
-from biomedica_kit.tables.sql import quote_ident, sql_literal
+from biomedica_kit.tables.sql import quote_ident, scalar, sql_literal
 
 if TYPE_CHECKING:
     import duckdb
@@ -315,7 +315,7 @@ def _values(con: duckdb.DuckDBPyConnection, column: str, *, limit: int | None = 
     dtype = query.columns(con, view)[column]
     if dtype.endswith("[]"):  # suggestions from a sample: unnesting 5M rows takes seconds
         q, v = quote_ident(column), quote_ident(view)
-        total = con.execute(f"SELECT count(*) FROM {v}").fetchone()[0]
+        total = scalar(con, f"SELECT count(*) FROM {v}")
         # A block sample (system) is a fraction of one scan; a row-exact one reads it all.
         pct = min(100.0, 100.0 * LIST_FACET_SAMPLE / max(total, 1))
         sample = f" USING SAMPLE {pct:.4f} PERCENT (system, 7)" if pct < 100 else ""
@@ -325,6 +325,8 @@ def _values(con: duckdb.DuckDBPyConnection, column: str, *, limit: int | None = 
             + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
         return [str(r[0]) for r in rows]
     t = query.count_by(con, column, view=view, limit=limit)
+    if t is None:
+        return []
     vals = t[column].to_list()
     out = [str(v) for v in vals if v is not None]
     if None in vals:
@@ -338,7 +340,7 @@ def _span(con: duckdb.DuckDBPyConnection, expr: str, needs: str
         return None, 0
     lo, hi, unknown = con.execute(
         f"SELECT min({expr}), max({expr}), count(*) FILTER (WHERE {expr} IS NULL) "
-        f"FROM figures").fetchone()
+        f"FROM figures").fetchone() or (None, None, 0)
     try:
         return ((int(lo), int(hi)) if lo is not None else None), unknown
     except (TypeError, ValueError):  # a column of text: no range to offer
@@ -352,7 +354,7 @@ def facets(con: duckdb.DuckDBPyConnection) -> Facets:
     one whose samples lack years or licences. ``tags`` needs the ``tags`` view
     (:func:`biomedica_kit.analysis.curation.attach`).
     """
-    total = con.execute("SELECT count(*) FROM figures").fetchone()[0]
+    total = scalar(con, "SELECT count(*) FROM figures")
     licences = _values(con, "license_category")
     licences = [c for c in CATEGORIES if c in licences] + [
         c for c in licences if c not in CATEGORIES]
@@ -363,7 +365,7 @@ def facets(con: duckdb.DuckDBPyConnection) -> Facets:
     years, years_unknown = _span(con, "year", "year")
     sizes, sizes_unknown = (_span(con, SIZE_SQL, "image_width")
                             if query.has_column(con, "image_height") else (None, 0))
-    n_journals = (con.execute("SELECT count(DISTINCT journal) FROM figures").fetchone()[0]
+    n_journals = (scalar(con, "SELECT count(DISTINCT journal) FROM figures")
                   if query.has_column(con, "journal") else 0)
     mesh: list[str] = []
     if query.has_column(con, "pmid") or query.has_column(con, "mesh_terms"):
@@ -409,7 +411,7 @@ def journals_matching(con: duckdb.DuckDBPyConnection, typed: str,
 
 def count(con: duckdb.DuckDBPyConnection, filters: Filters) -> int:
     """How many samples match ``filters``."""
-    return con.execute(f"SELECT count(*) FROM figures WHERE ({filters.where(con)})").fetchone()[0]
+    return scalar(con, f"SELECT count(*) FROM figures WHERE ({filters.where(con)})")
 
 
 def count_unknown(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, int]:
@@ -420,9 +422,9 @@ def count_unknown(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str,
         if getattr(filters, name) and not getattr(filters, f"{name}_unknown"):
             loose = replace(filters, years=None) if name == "years" else \
                 replace(filters, sizes=None)
-            out[name] = con.execute(
+            out[name] = scalar(con,
                 f"SELECT count(*) FROM figures WHERE ({loose.where(con)}) AND {expr} IS NULL"
-            ).fetchone()[0]
+            )
     return out
 
 

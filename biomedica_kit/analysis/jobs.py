@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from biomedica_kit.tables.sql import scalar
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -56,9 +58,9 @@ def resolve_out(dataset: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def selection_bytes(con: duckdb.DuckDBPyConnection, where: str) -> int:
     """About how many bytes a subset of ``where`` writes (members plus tar headers)."""
-    total = con.execute(
+    total = scalar(con,
         f"SELECT coalesce(sum(image_length + coalesce(txt_length, 0) + coalesce(json_length, 0)"
-        f" + {_HEADER * _MEMBERS}), 0) FROM figures WHERE ({where})").fetchone()[0]
+        f" + {_HEADER * _MEMBERS}), 0) FROM figures WHERE ({where})")
     return int(total)
 
 

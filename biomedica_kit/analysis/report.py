@@ -379,7 +379,7 @@ def render_images(charts: list[Chart], out: Path, *, width: int = 1000, height: 
                                            cancel_on_error=True)
     except Exception as exc:  # kaleido raises assorted browser/launch errors
         raise ReportError(f"rendering charts with kaleido ({browser}) failed: {exc}") from exc
-    missing = [str(j["path"]) for j in jobs if not Path(j["path"]).is_file()]
+    missing = [str(j["path"]) for j in jobs if not Path(str(j["path"])).is_file()]
     if missing:
         raise ReportError(f"kaleido did not write {missing}")
     for c in charts:

@@ -53,10 +53,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from biomedica_kit.tables.connect import connect, lazy
-from biomedica_kit.tables.sql import quote_ident
+from biomedica_kit.tables.sql import quote_ident, scalar
 
 if TYPE_CHECKING:
     import duckdb
@@ -174,7 +174,7 @@ def where_clause(filters: Mapping[str, Any] | None, cols: dict[str, str],
 def _pl(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pl.DataFrame:
     import polars as pl
 
-    return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
+    return cast("pl.DataFrame", pl.from_arrow(con.sql(sql, params=params).to_arrow_table()))
 
 
 # ---------------------------------------------------------------------------------- counts
@@ -386,15 +386,16 @@ def label_counts(con: duckdb.DuckDBPyConnection, column: str = "primary_label", 
 def figures_per_article(con: duckdb.DuckDBPyConnection, *,
                         filters: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Distribution of samples per article: ``n_figures, articles, share`` (articles view)."""
-    return count_by(con, "n_figures", view="articles", filters=filters, order="value").rename(
-        {"n": "articles"})
+    counts = count_by(con, "n_figures", view="articles", filters=filters, order="value")
+    assert counts is not None  # n_figures is a column articles always has
+    return counts.rename({"n": "articles"})
 
 
 def overview(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """Headline numbers: figures, articles, shards, version, figures per licence category."""
     f = con.execute("SELECT count(*), count(DISTINCT shard), any_value(dataset_version) "
-                    "FROM figures").fetchone()
-    a = con.execute("SELECT count(*) FROM articles").fetchone()[0]
+                    "FROM figures").fetchone() or (0, 0, None)
+    a = scalar(con, "SELECT count(*) FROM articles")
     lic = con.execute("SELECT license_category, count(*) FROM figures GROUP BY 1 ORDER BY 1"
                       ).fetchall() if has_column(con, "license_category") else []
     return {"figures": f[0], "articles": a, "shards": f[1], "dataset_version": f[2],
@@ -439,6 +440,7 @@ def write_query(con: duckdb.DuckDBPyConnection, sql: str, fmt: str = "table", *,
         return 0
     if fmt == "parquet":
         table = rel.to_arrow_table()
+        assert out is not None  # checked above: parquet needs a file
         write_parquet_atomic(table, Path(out))
         return table.num_rows
     if out is None:
@@ -460,7 +462,7 @@ def _emit(rel: duckdb.DuckDBPyRelation, fmt: str, stream: Any) -> int:
     import polars as pl
 
     if fmt == "table":
-        df = pl.from_arrow(rel.to_arrow_table())
+        df = cast("pl.DataFrame", pl.from_arrow(rel.to_arrow_table()))
         with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=1000,
                        fmt_table_cell_list_len=-1, tbl_hide_dataframe_shape=True):
             stream.write(f"{df}\n({df.height} rows)\n")

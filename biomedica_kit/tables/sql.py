@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["quote_ident", "sql_literal"]
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["quote_ident", "scalar", "sql_literal"]
 
 
 def quote_ident(name: str) -> str:
@@ -15,3 +19,10 @@ def quote_ident(name: str) -> str:
 def sql_literal(value: str | os.PathLike) -> str:
     """A DuckDB string literal, for the few places parameters are not allowed (DDL, COPY)."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
+    """The first column of the first row of ``sql`` (None when it returns no row)."""
+    row = con.execute(sql, params).fetchone() if params is not None else \
+        con.execute(sql).fetchone()
+    return row[0] if row else None
