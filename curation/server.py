@@ -147,7 +147,8 @@ def labelstudio_venv() -> Path:
     """The virtual environment holding Label Studio (``$BIOMEDICA_LABELSTUDIO_VENV``, else
     ``.venv-labelstudio`` at the repository root, made by ``scripts/labelstudio_venv.sh``)."""
     env = os.environ.get("BIOMEDICA_LABELSTUDIO_VENV")
-    return Path(env) if env else ROOT / ".venv-labelstudio"
+    # Absolute: the server and its migrations run with their own working directory.
+    return Path(env).resolve() if env else ROOT / ".venv-labelstudio"
 
 
 def _executable(venv: Path) -> Path:
