@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from biomedica_kit.analysis.report import chromium_path
+from biomedica_kit.base.browser import chromium_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where browser tests keep their screenshots (build/ is ignored by git).

@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from biomedica_kit.analysis.report import ReportError, chromium_path, report
+from biomedica_kit.analysis.report import ReportError, report
+from biomedica_kit.base.browser import chromium_path
 from biomedica_kit.cli.main import main
 from biomedica_kit.dataset.manifest import read_manifest
 

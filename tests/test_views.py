@@ -81,3 +81,34 @@ def test_a_view_on_curation_tags_resolves_to_keys(ds, tmp_path):
     assert sel.where is None and sel.keys == keys
     subset(ds, None, tmp_path / "kept", keys=sel.keys)
     assert subset_keys(tmp_path / "kept") == set(keys)
+
+
+def test_subset_from_a_saved_view_on_the_command_line(tmp_path):
+    """`biomedica subset DATASET --view NAME` selects what the view's filters select."""
+    from click.testing import CliRunner
+    from conftest import SAMPLE
+
+    from biomedica_kit.analysis.filters import Filters
+    from biomedica_kit.analysis.views import save_view
+    from biomedica_kit.cli import main
+    from biomedica_kit.dataset.verify import verify
+    from biomedica_kit.etl.build import build
+    from biomedica_kit.tables.connect import connect
+
+    ds = tmp_path / "ds"
+    build(SAMPLE, ds, workers=1, progress=False)
+    save_view(ds, "plos", Filters(text="Cell"))
+    con = connect(ds)
+    want = {r[0] for r in con.execute(
+        "SELECT key FROM figures WHERE contains(lower(caption), 'cell')").fetchall()}
+    total = con.execute("SELECT count(*) FROM figures").fetchone()[0]
+    assert 0 < len(want) < total  # the view selects some of the sample, not all of it
+    res = CliRunner().invoke(main, ["subset", str(ds), "--view", "plos", "--out",
+                                    str(tmp_path / "out")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    got = {r[0] for r in connect(tmp_path / "out").execute("SELECT key FROM figures").fetchall()}
+    assert got == want
+    assert verify(tmp_path / "out").ok
+    bad = CliRunner().invoke(main, ["subset", str(ds), "--view", "plos", "--where", "true",
+                                    "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "exactly one of" in bad.output

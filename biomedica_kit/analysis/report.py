@@ -31,11 +31,12 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
+from biomedica_kit.base.browser import chromium_path
 from biomedica_kit.tables import query
 
 __all__ = [
-    "ANALYSIS_NOTEBOOKS", "Chart", "DEFAULT_CHROMIUM", "NOTEBOOK_CSS", "NotebookResult",
-    "PLOTLY_JS", "PLOTLY_MIME", "Report", "ReportError", "WIDGET_MIME", "chromium_path",
+    "ANALYSIS_NOTEBOOKS", "Chart", "NOTEBOOK_CSS", "NotebookResult",
+    "PLOTLY_JS", "PLOTLY_MIME", "Report", "ReportError", "WIDGET_MIME",
     "drop_widget_state", "ensure_metadata", "execute_notebook", "extract_charts", "extract_notes",
     "index_html", "inline_markdown", "notebook_html", "notebooks_dir", "render_images", "report",
     "resolve_notebook", "write_notebook_css", "write_plotlyjs",
@@ -45,9 +46,6 @@ __all__ = [
 #: interactive tools; they can be added with ``notebooks=[...]`` (their HTML shows a static
 #: snapshot of the widgets' first view).
 ANALYSIS_NOTEBOOKS: tuple[str, ...] = ("01_overview", "02_topics")
-
-#: Chromium as Debian installs it (scripts/ensure_chromium.sh); kaleido uses it for PNG/SVG.
-DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: Where a report keeps plotly.js, relative to its folder (one copy for every page).
@@ -333,15 +331,6 @@ def _slug(s: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- images
-
-
-def chromium_path() -> str | None:
-    """The Chrome/Chromium kaleido should drive: $BROWSER_PATH, else Debian's, else PATH."""
-    for cand in (os.environ.get("BROWSER_PATH"), DEFAULT_CHROMIUM):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    return shutil.which("chromium") or shutil.which("chromium-browser") \
-        or shutil.which("google-chrome")
 
 
 def render_images(charts: list[Chart], out: Path, *, width: int = 1000, height: int = 560,

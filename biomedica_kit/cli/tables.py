@@ -64,20 +64,28 @@ def query(dataset: str, sql: str, fmt: str, out: str | None, full_session: bool)
 @click.option("--where", default=None, help="ONE SQL boolean expression over the figures view.")
 @click.option("--keys", "keys_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Parquet (column 'key') or text file (one key per line) of keys to keep.")
+@click.option("--view", default=None,
+              help="A saved view (DATASET/views/NAME.json, saved from the notebooks' explorer).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New dataset folder.")
 @click.option("--shard-samples", type=click.IntRange(min=1), default=None,
               help="Samples per shard at most (default: the parent's).")
 @click.option("--shard-bytes", type=click.IntRange(min=1), default=None,
               help="Bytes per shard at most (default: the parent's).")
-def subset(dataset: str, where: str | None, keys_file: str | None, out: str,
+def subset(dataset: str, where: str | None, keys_file: str | None, view: str | None, out: str,
            shard_samples: int | None, shard_bytes: int | None) -> None:
-    """Write the samples of DATASET matching --where (or --keys) as a new dataset OUT."""
+    """Write the samples of DATASET matching --where (or --keys, or --view) as a new dataset OUT."""
     from biomedica_kit.tables.subset import subset as run_subset
 
-    if (where is None) == (keys_file is None):
-        raise click.UsageError("give exactly one of --where or --keys")
+    if sum(x is not None for x in (where, keys_file, view)) != 1:
+        raise click.UsageError("give exactly one of --where, --keys or --view")
     try:
-        s = run_subset(dataset, where, out, keys=keys_file, shard_max_samples=shard_samples,
+        keys: str | list[str] | None = keys_file
+        if view is not None:
+            from biomedica_kit.analysis.views import selection
+
+            sel = selection(dataset, view)
+            where, keys = sel.where, sel.keys
+        s = run_subset(dataset, where, out, keys=keys, shard_max_samples=shard_samples,
                        shard_max_bytes=shard_bytes)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

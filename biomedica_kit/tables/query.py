@@ -1,4 +1,4 @@
-"""Query helpers over :func:`biomedica_kit.tables.export.connect`: the usual questions, safely.
+"""Query helpers over :func:`biomedica_kit.tables.connect.connect`: the usual questions, safely.
 
 Public API (stable; notebooks and the report call it). ``con`` is a connection from
 :func:`connect`; every helper returns a ``polars.DataFrame`` — or ``None`` (with a
