@@ -117,12 +117,12 @@ def fit_pca(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray | Non
     if dims <= 0 or dims >= d:
         return mean, None
     dims = min(dims, max(1, len(sample) - 1))
-    centred = (sample - mean).astype(np.float64)
+    centred = np.asarray(sample - mean, np.float32)
     if len(sample) <= d:  # fewer rows than columns: the SVD of the sample is cheaper
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
         axes = vt[:dims].T
-    else:
-        values, vectors = np.linalg.eigh(centred.T @ centred)
+    else:  # the D x D covariance (float32 product, float64 eigendecomposition)
+        values, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
         axes = vectors[:, np.argsort(values)[::-1][:dims]]
     signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(dims)])
     return mean, (axes * signs).astype(np.float32)

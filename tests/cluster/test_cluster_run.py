@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from curate_datasets import PCA, STORE, K, clustered_dataset, embedded_dataset
+from curate_datasets import PCA, STORE, K, clustered_dataset, copy_of, embedded_dataset
 
 from biomedica_kit.cluster import kmeans
 from biomedica_kit.cluster.run import ClusterConfig, cluster, latest_run
@@ -27,8 +27,8 @@ def _assign(ds: Path, run: str) -> dict[str, tuple[int, float]]:
 
 
 @pytest.mark.parametrize("backend", ["faiss", "minibatch"])
-def test_same_seed_same_clusters(clustered, backend):
-    ds, _ = clustered
+def test_same_seed_same_clusters(clustered, backend, tmp_path):
+    ds = copy_of(clustered[0], tmp_path)  # new runs: the shared dataset stays as it is
     cfg = ClusterConfig(k=K, pca=PCA, seed=7, backend=backend, map_method="pca")
     a = cluster(ds, cfg, run=f"{backend}-a", montages=False)
     b = cluster(ds, cfg, run=f"{backend}-b", montages=False)
@@ -136,14 +136,14 @@ def test_near_duplicates_exact_and_perceptual(tmp_path_factory):
         ("exact", "x1", 2), ("exact", "x2", 2)}
 
 
-def test_views_and_cli(clustered):
+def test_views_and_cli(clustered, tmp_path):
     import click
     from click.testing import CliRunner
 
     from biomedica_kit.cli.curate import register
     from biomedica_kit.tables.connect import connect
 
-    ds, _ = clustered
+    ds = copy_of(clustered[0], tmp_path)
     group = click.Group()
     register(group)
     res = CliRunner().invoke(group, ["cluster", str(ds), "--k", "5", "--pca", "16",
