@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-CORPUS = SHARED / "corpus" / "pmc_oa"
-SAMPLE = ROOT / "data" / "sample" / "packages"
+from corpus_paths import CORPUS, SAMPLE
 
 
 @pytest.fixture(scope="session")
@@ -27,24 +23,6 @@ def sample_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "ds"
     build(SAMPLE, out, workers=1, progress=False)
     return out
-
-
-def make_tar(dest: Path, folder: str, members: dict[str, bytes]) -> Path:
-    """Write a PMC-style package: a .tar.gz holding ``folder/<name>`` for each member."""
-    import io
-    import tarfile
-
-    with tarfile.open(dest, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(f"{folder}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return dest
-
-
-def folder_members(folder: Path) -> dict[str, bytes]:
-    """Every file of a corpus article folder, by name."""
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
 
 
 #: The bundled sample's packages before the CC BY articles with figures were added (issue 9):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from click.testing import CliRunner
-from conftest import SAMPLE
+from corpus_paths import SAMPLE
 from PIL import Image
 
 from biomedica_kit.cli.main import main

@@ -86,7 +86,7 @@ def test_a_view_on_curation_tags_resolves_to_keys(ds, tmp_path):
 def test_subset_from_a_saved_view_on_the_command_line(tmp_path):
     """`biomedica subset DATASET --view NAME` selects what the view's filters select."""
     from click.testing import CliRunner
-    from conftest import SAMPLE
+    from corpus_paths import SAMPLE
 
     from biomedica_kit.analysis.filters import Filters
     from biomedica_kit.analysis.views import save_view

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import folder_members, make_tar
+from corpus_paths import folder_members, make_tar
 from PIL import Image
 
 from biomedica_kit.dataset.verify import verify

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import make_tar
+from corpus_paths import make_tar
 from PIL import Image
 
 from biomedica_kit.dataset.shards import iter_samples

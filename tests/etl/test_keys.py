@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import make_tar
+from corpus_paths import make_tar
 
 from biomedica_kit.dataset.shards import iter_samples
 from biomedica_kit.dataset.verify import verify

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED
+from corpus_paths import SHARED
 
 from biomedica_kit.dataset.licenses import classify_license, license_code, normalise
 from biomedica_kit.dataset.shards import iter_samples

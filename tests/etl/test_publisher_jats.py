@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED
+from corpus_paths import SHARED
 from PIL import Image
 
 from biomedica_kit.dataset.shards import iter_samples

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import SHARED
+from corpus_paths import SHARED
 
 from biomedica_kit.dataset.verify import verify
 from biomedica_kit.etl.build import build

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, SAMPLE
+from corpus_paths import ROOT, SAMPLE
 
 from biomedica_kit.cli.main import main
 from biomedica_kit.dataset.changes import apply_changes

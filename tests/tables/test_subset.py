@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import SAMPLE
+from corpus_paths import SAMPLE
 
 from biomedica_kit.cli.main import main
 from biomedica_kit.dataset.manifest import read_manifest
