@@ -277,7 +277,8 @@ class Catalog:
     def rows(self, ids: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None
              ) -> list[dict[str, Any]]:
         """Catalog rows of ``ids``, in that order. One zero-copy slice per id: ``take`` on
-        the mapped table concatenates whole chunks first (~1 s at 1M rows, 0.7 ms this way)."""
+        the mapped table concatenates whole chunks first (65 ms warm, 0.8 s cold at 1M rows;
+        0.7 ms this way)."""
         t = self.table if columns is None else self.table.select(list(columns))
         return [t.slice(int(i), 1).to_pylist()[0] for i in np.asarray(ids, dtype=np.int64)]
 
