@@ -123,6 +123,7 @@ class Searcher:
         1 suits a server answering queries concurrently)."""
         self.dataset = Path(dataset).resolve()
         self.catalog = Catalog.open(self.dataset)
+        self._all_live = bool(self.catalog.live.all())
         self.keyword = KeywordIndex(self.dataset)
         self.info = read_index_info(self.dataset) or {}
         self.store_name = self._pick_store(embeddings)
@@ -235,7 +236,7 @@ class Searcher:
 
     def id_filter(self, filters: Filters) -> IdFilter | None:
         """The selector of a filter (cached); None when it keeps every indexed id."""
-        if filters.empty() and self.catalog.live.all():
+        if filters.empty() and self._all_live:
             return None
         with self._lock:
             got = self._filters.get(filters)
