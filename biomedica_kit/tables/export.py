@@ -47,6 +47,7 @@ The query layer over these tables is :mod:`biomedica_kit.tables.connect`.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Iterable
@@ -468,8 +469,9 @@ def _read_parts(root: Path, todo: list[tuple[str, Path]], workers: int | None) -
         for shard, part in jobs:
             _export_shard(shard, part)
         return
-    # The platform's default start method, as build.py uses: workers only touch pyarrow and
-    # json (fork-safe), and scripts need no __main__ guard on Linux.
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    # A fork server, not fork: a forked worker would inherit the caller's dataset lock (export
+    # runs inside apply-labels and enrich) and, outliving a killed caller, hold it for good.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         for fut in [pool.submit(_export_shard, shard, part) for shard, part in jobs]:
             fut.result()
