@@ -41,7 +41,8 @@ def _holder(root: Path) -> str:
 
 
 #: Folders whose temporaries a new writer sweeps (not cache/: millions of files, own naming).
-SWEPT = ("shards", "report", "versions", "metadata", "labels", "ledger", "views", "subset")
+SWEPT = ("shards", "report", "versions", "metadata", "labels", "ledger", "views", "subset",
+         "embeddings", "clusters", "tags", "index")
 
 
 def _sweep(root: Path) -> None:
