@@ -5,9 +5,15 @@ their own, and ``from corpus_paths import`` would find whichever one was importe
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["CORPUS", "ROOT", "SAMPLE", "SHARED", "folder_members", "make_tar"]
+__all__ = ["CORPUS", "ROOT", "SAMPLE", "SHARED", "folder_members", "lock_held_by_another_process",
+           "make_tar"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -31,3 +37,22 @@ def make_tar(dest: Path, folder: str, members: dict[str, bytes]) -> Path:
 def folder_members(folder: Path) -> dict[str, bytes]:
     """Every file of a corpus article folder, by name."""
     return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+@contextmanager
+def lock_held_by_another_process(dataset: Path, command: str) -> Iterator[None]:
+    """A real second process holding ``dataset``'s writer lock (as a running build would)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from biomedica_kit.dataset.lock import dataset_lock
+        with dataset_lock({str(dataset)!r}, {command!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.communicate("\n", timeout=30)

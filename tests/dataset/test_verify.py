@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from corpus_paths import lock_held_by_another_process
 
 from biomedica_kit.dataset.changes import apply_changes
 from biomedica_kit.dataset.manifest import MANIFEST, ManifestError, read_manifest
@@ -98,17 +99,7 @@ def test_temporaries_are_warnings_and_the_next_write_sweeps_dead_ones(ds: Path):
 def test_a_second_writer_cannot_interleave_a_change(ds: Path):
     # A build (another process) holds the lock: apply_changes refuses instead of replacing the
     # build's manifest (the enrich-during-build loss of issue 9, item 1).
-    script = textwrap.dedent(f"""
-        import sys
-        from biomedica_kit.dataset.lock import dataset_lock
-        with dataset_lock({str(ds)!r}, "build"):
-            print("locked", flush=True)
-            sys.stdin.readline()
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(ds, "build"):
         before = (ds / MANIFEST).read_bytes()
         key = next(iter_samples(ds / read_manifest(ds)["shards"][0]["path"]))[0]
         from biomedica_kit.dataset.lock import DatasetLocked
@@ -117,8 +108,6 @@ def test_a_second_writer_cannot_interleave_a_change(ds: Path):
             apply_changes(ds, {key: {"primary_label": "x"}}, kind="labels",
                           fields=["primary_label"])
         assert (ds / MANIFEST).read_bytes() == before
-    finally:
-        holder.communicate("\n", timeout=30)
 
 
 def test_verify_of_a_change_streams_the_shards(tmp_path: Path):

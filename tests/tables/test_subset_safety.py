@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from corpus_paths import lock_held_by_another_process
 
 from biomedica_kit.base.atomic import TMP_PREFIX
 from biomedica_kit.dataset.lock import DatasetLocked, dataset_lock
@@ -19,22 +20,10 @@ from biomedica_kit.tables.subset import subset
 def test_a_second_subset_into_the_same_out_is_refused(corpus_dataset: Path, tmp_path: Path):
     out = tmp_path / "out"
     # Another process holds OUT's writer lock (as a second `biomedica subset` would).
-    script = textwrap.dedent(f"""
-        import sys
-        from biomedica_kit.dataset.lock import dataset_lock
-        with dataset_lock({str(out)!r}, "subset"):
-            print("locked", flush=True)
-            sys.stdin.readline()
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(out, "subset"):
         with pytest.raises(DatasetLocked, match=r"another command is writing .*\(subset, pid"):
             subset(corpus_dataset, "year >= 1900", out)
         assert not (out / "shards").exists()  # refused before writing anything
-    finally:
-        holder.communicate("\n", timeout=30)
     summary = subset(corpus_dataset, "year >= 1900", out)
     assert summary.samples > 0 and verify(out).ok
 
