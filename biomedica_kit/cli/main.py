@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import click
 
-from biomedica_kit.cli import build, curate, dataset, enrich, lab, labels, report, serve, tables
+from biomedica_kit.cli import (build, curate, dataset, enrich, lab, labels, report, serve,
+                              splits, tables)
 from biomedica_kit.cli.plugins import register_plugins
 
 __all__ = ["main"]
@@ -28,7 +29,7 @@ def main() -> None:
     """Build, explore and curate BIOMEDICA-style image-caption datasets from PMC OA."""
 
 
-for _family in (build, dataset, enrich, tables, report, curate, labels, serve):
+for _family in (build, dataset, enrich, tables, splits, report, curate, labels, serve):
     _family.register(main)
 main.add_command(lab.lab)
 main.add_command(lab.views_command)

@@ -5,7 +5,9 @@ and, when their files exist, ``report_articles``, ``skips``, ``entrez``
 (``metadata/entrez.parquet``), ``labels`` (newest ``labels/*.parquet``), ``figures_labeled``
 (figures LEFT JOIN labels on ``key``), ``embeddings`` (``embeddings/<model>/*.parquet`` with
 a ``model`` column) and, from the newest cluster run, ``clusters`` (key, cluster, distance),
-``proposals`` and ``near_dups``. :func:`lazy` gives the same tables as Polars LazyFrames.
+``proposals`` and ``near_dups``, and ``splits`` (``splits/<name>.parquet``, the
+train / validation / test decisions of :mod:`biomedica_kit.tables.splits`, with a ``name``
+column). :func:`lazy` gives the same tables as Polars LazyFrames.
 
 ``read_only=True`` confines a connection to the dataset folder, with no extension loading,
 no network and a locked configuration; :func:`check_read_only_sql` additionally admits only
@@ -52,6 +54,9 @@ def metadata_paths(dataset: str | os.PathLike) -> dict[str, Path]:
     labels = latest_labels(root)
     if labels is not None:
         out["labels"] = labels
+    splits = [p for p in (root / "splits").glob("*.parquet") if not is_temporary(p)]
+    if splits:
+        out["splits"] = root / "splits" / "*.parquet"
     if any((root / "embeddings").glob("*/*.parquet")):
         out["embeddings"] = root / "embeddings" / "*" / "*.parquet"
     runs = [p.parent for p in (root / "clusters").glob("*/config.json")]
@@ -107,6 +112,11 @@ def connect(dataset: str | os.PathLike, *, refresh: bool = True,
                 f"CREATE VIEW embeddings AS SELECT * EXCLUDE (filename), "
                 f"parse_filename(parse_dirpath(filename)) AS model "
                 f"FROM read_parquet({sql_literal(path)}, union_by_name = true, filename = true)")
+        elif name == "splits":
+            con.execute(
+                f"CREATE VIEW splits AS SELECT * EXCLUDE (filename), "
+                f"parse_filename(filename, true) AS name "
+                f"FROM read_parquet({sql_literal(path)}, filename = true)")
         else:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_literal(path)})")
     if "labels" in paths:
@@ -163,4 +173,8 @@ def lazy(dataset: str | os.PathLike, table: str = "figures", *,
         return pl.scan_parquet(paths[table], include_file_paths="__file").with_columns(
             model=pl.col("__file").map_elements(lambda f: Path(f).parent.name,
                                                 return_dtype=pl.String)).drop("__file")
+    if table == "splits":  # as the DuckDB view: the split's name from splits/<name>.parquet
+        return pl.scan_parquet(paths[table], include_file_paths="__file").with_columns(
+            name=pl.col("__file").map_elements(lambda f: Path(f).stem,
+                                               return_dtype=pl.String)).drop("__file")
     return pl.scan_parquet(paths[table])
