@@ -143,7 +143,7 @@ def group_samples(dataset: str | os.PathLike) -> pa.Table:
         article = ("COALESCE(" + ", ".join(f"NULLIF(CAST({c} AS VARCHAR), '')" for c in parts)
                    + ", split_part(key, '/', 1))") if parts else "split_part(key, '/', 1)"
         rows = con.execute(f"SELECT key, {article} AS article FROM f ORDER BY key").fetchall()
-        shared: list[tuple[str, str]] = []
+        shared: list[tuple[list[str]]] = []
         if "image_sha256" in have:  # images that appear under two or more articles
             shared = con.execute(
                 f"SELECT list_sort(list(DISTINCT {article})) FROM f "
