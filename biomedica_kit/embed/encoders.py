@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_IMAGE_MODEL", "DEFAULT_TEXT_MODEL", "Encoder", "ImageSpec",
            "ModelUnavailable", "OpenClipEncoder", "SentenceEncoder", "TorchvisionEncoder",
-           "auto_device", "file_digest", "load_encoder"]
+           "auto_device", "check_hub", "file_digest", "load_encoder"]
 
 #: The defaults work offline from what ``make`` installs (packaged weights, no download).
 DEFAULT_IMAGE_MODEL = "torchvision:mobilenet_v2"
@@ -216,7 +216,7 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _check_hub(repo_id: str, filename: str, what: str) -> None:
+def check_hub(repo_id: str, filename: str, what: str) -> None:
     """Fail at once when a hub model cannot come from the cache nor the network."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -245,7 +245,7 @@ class OpenClipEncoder(Encoder):
         import open_clip
 
         if model.startswith("hf-hub:"):
-            _check_hub(model[len("hf-hub:"):], "open_clip_config.json", model)
+            check_hub(model[len("hf-hub:"):], "open_clip_config.json", model)
             version = model
         elif model.startswith("local-dir:"):
             folder = Path(model[len("local-dir:"):])
@@ -309,7 +309,7 @@ class SentenceEncoder(TextOnly):
             if packaged is not None:
                 path = str(packaged)
         if not Path(path).exists():
-            _check_hub(path if "/" in path else f"sentence-transformers/{path}",
+            check_hub(path if "/" in path else f"sentence-transformers/{path}",
                        "config.json", f"sentence-transformers model {model!r}")
         from sentence_transformers import SentenceTransformer
 

@@ -175,8 +175,12 @@ def decode_sample(sample: Mapping[str, Any], *, rgb: bool = False) -> dict[str, 
     }
 
 
-def _seeded_shuffle(bufsize: int, seed: int | None):
-    """Sample shuffle: deterministic from (seed, node/worker, epoch) when seed is given."""
+def _seeded_shuffle(bufsize: int, seed: int | None, epoch: Callable[[], int] | None = None):
+    """Sample shuffle: deterministic from (seed, node/worker, epoch) when seed is given.
+
+    The epoch is ``epoch()`` when given (a value shared with the process that sets it, e.g.
+    open_clip's ``SharedEpoch``: loader workers are new copies each epoch, so a counter kept
+    in the stage would restart), else the number of times this stage has run."""
     import webdataset as wds
     from webdataset.utils import pytorch_worker_seed
 
@@ -184,11 +188,12 @@ def _seeded_shuffle(bufsize: int, seed: int | None):
         return wds.shuffle(bufsize, initial=min(bufsize, 100))
 
     class _Shuffle(wds.PipelineStage):
-        epoch = -1
+        runs = -1
 
         def run(self, src):
-            self.epoch += 1
-            rng = random.Random(f"{seed}/{pytorch_worker_seed()}/{self.epoch}")
+            self.runs += 1
+            now = epoch() if epoch is not None else self.runs
+            rng = random.Random(f"{seed}/{pytorch_worker_seed()}/{now}")
             return wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(src)
 
     return _Shuffle()
@@ -198,22 +203,31 @@ def make_pipeline(urls: str | Sequence[str], *, shuffle: int = 0, resampled: boo
                   seed: int | None = 0, decode: bool = True, split_by_node: bool = True,
                   split_by_worker: bool = True,
                   handler: Callable[[Exception], bool] | None = None,
-                  session: requests.Session | None = None) -> wds.DataPipeline:
+                  session: requests.Session | None = None,
+                  epoch: Callable[[], int] | None = None) -> wds.DataPipeline:
     """A WebDataset pipeline over shards (see module doc); yields decoded sample dicts, or
     raw WebDataset samples with ``decode=False``.
 
     ``shuffle`` is the sample shuffle buffer (0: stream order); with ``resampled`` shards are
     drawn with replacement forever (bound an epoch with ``.with_epoch(n)``). ``handler``
     decides what a bad shard or sample does (default: raise; ``wds.warn_and_continue`` skips).
+    ``epoch`` returns the current epoch for the resampling and shuffle seeds (training loops
+    set it before each epoch; without it, each run of the pipeline object counts as one).
     """
     import webdataset as wds
+    from webdataset.utils import pytorch_worker_seed
 
     handler = handler or wds.reraise_exception
     urls = [urls] if isinstance(urls, str) else list(urls)
     if not urls:
         raise ValueError("no shard URLs")
     if resampled:
-        stages: list = [wds.ResampledShards(urls, seed=seed or 0, deterministic=seed is not None)]
+        worker_seed = None
+        if epoch is not None:
+            def worker_seed() -> int:  # noqa: E306 - the shared epoch joins the worker's seed
+                return pytorch_worker_seed() * 1_000_003 + epoch()
+        stages: list = [wds.ResampledShards(urls, seed=seed or 0, deterministic=seed is not None,
+                                            worker_seed=worker_seed)]
     else:
         stages = [wds.SimpleShardList(urls)]
         if shuffle:
@@ -225,7 +239,7 @@ def make_pipeline(urls: str | Sequence[str], *, shuffle: int = 0, resampled: boo
             stages.append(wds.split_by_worker)
     stages.append(_expand_shards(handler, session))
     if shuffle:
-        stages.append(_seeded_shuffle(shuffle, seed))
+        stages.append(_seeded_shuffle(shuffle, seed, epoch))
     if decode:
         stages.append(wds.map(decode_sample, handler=handler))
     return wds.DataPipeline(*stages)
