@@ -31,7 +31,7 @@ from biomedica_kit.dataset.licenses import classify_license
 from biomedica_kit.dataset.lock import dataset_lock
 from biomedica_kit.etl.article import Article, Figure, Graphic
 from biomedica_kit.etl.build import BuildConfig, BuildSummary, NothingToBuild, build
-from biomedica_kit.etl.worker import PackageResult, _process_article
+from biomedica_kit.etl.worker import PackageResult, process_article
 from biomedica_kit.ingest.packages import Package
 from biomedica_kit.ingest.pairs import PairGroup, read_pairs
 from biomedica_kit.ingest.sources import FILE_LIST_COLUMNS, LAST_UPDATED, PackageRef
@@ -89,7 +89,7 @@ def process_group(item: tuple[PackageRef, PairGroup], cfg: BuildConfig, base: st
         h.update(hashlib.sha256(data).digest())
     art = _article(group, set(files))
     pkg = Package(name=ref.name, files=files, names=sorted(files), rejected=rejected)
-    row, samples, skips = _process_article(art, ref, pkg, cfg)
+    row, samples, skips = process_article(art, ref, pkg, cfg)
     for s in samples:  # one figure per row, so a sample's figure_index is its row
         for k, v in group.rows[s.meta["figure_index"]].extra.items():
             s.meta[k if k not in s.meta else f"pair_{k}"] = v

@@ -16,20 +16,22 @@ from typing import Any
 
 from biomedica_kit.base import pool
 from biomedica_kit.dataset.licenses import LicenseInfo, with_file_list
+from biomedica_kit.etl.article import Article
 from biomedica_kit.etl.config import BuildConfig
 from biomedica_kit.etl.images import ImageRejected, process_image
 from biomedica_kit.etl.jats import JatsError, parse_jats
 from biomedica_kit.etl.pubmed import load_cached, sample_fields
 from biomedica_kit.etl.schema import article_fields, sample_keys, sample_record
 from biomedica_kit.ingest.packages import (
+    Package,
     PackageError,
     article_xml_members,
     read_package,
 )
 from biomedica_kit.ingest.sources import PackageRef, package_sha256
 
-__all__ = ["PRELOAD", "PackageResult", "Sample", "article_row", "process_package", "run_local",
-           "run_ray", "worker_died"]
+__all__ = ["PRELOAD", "PackageResult", "Sample", "article_row", "process_article",
+           "process_package", "run_local", "run_ray", "worker_died"]
 
 
 @dataclass
@@ -124,7 +126,7 @@ def _process_package(ref: PackageRef, cfg: BuildConfig, t0: float) -> PackageRes
                 art.id, art.pmcid, art.id_source = ref.pmcid, ref.pmcid, "file_list"
             elif art.id_source == "file":
                 art.id = ref.name if len(articles) == 1 else art.id
-            row, s, k = _process_article(art, ref, pkg, cfg)
+            row, s, k = process_article(art, ref, pkg, cfg)
             row["warnings"] = warnings
             rows.append(row)
             samples += s
@@ -132,7 +134,18 @@ def _process_package(ref: PackageRef, cfg: BuildConfig, t0: float) -> PackageRes
     return PackageResult(ref.name, rows, samples, skips, time.perf_counter() - t0, ref, sha)
 
 
-def _process_article(art, ref: PackageRef, pkg, cfg: BuildConfig):
+def process_article(art: Article, ref: PackageRef, pkg: Package, cfg: BuildConfig
+                    ) -> tuple[dict[str, Any], list[Sample], list[dict[str, Any]]]:
+    """One parsed article of a package -> ``(article row, samples, skips)``.
+
+    The seam between reading a source and writing shards: :func:`process_package` calls it for
+    every article of a PMC package, :func:`biomedica_kit.etl.pairs.process_group` for an
+    article assembled from figure-caption pairs. ``pkg.files`` holds the image bytes by member
+    name (``pkg.rejected`` says why a member was refused); each figure graphic whose ``file``
+    is there becomes a :class:`Sample`, every other one a skip row with a reason. The file
+    list's licence in ``ref`` (when given) overrides the article's own, in place on ``art``.
+    Bad images are recorded, never raised.
+    """
     if ref.license:
         lic = with_file_list(LicenseInfo(art.license_url, art.license_type, art.license_text,
                                          art.license_code, art.license_category,
