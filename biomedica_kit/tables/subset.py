@@ -33,6 +33,17 @@ samples), and ``report/skips.parquet`` keeps those articles' parent skips plus o
 ``not_selected`` row per parent sample the selection left out. So, as in a build, each figure
 image of those articles is a sample or a skip with a reason. Samples keep their json as is:
 a ``duplicate_of`` may name a key that is not in the subset.
+
+The label table travels with the samples: the rows of the parent's ``labels`` view (its newest
+label version, :func:`biomedica_kit.tables.connect.latest_labels`) for the selected keys become
+the subset's first label version, ``labels/000001.parquet`` (same columns; ``label_version``
+set to it; the file's ``biomedica_kit.label_change`` metadata names the parent dataset and label
+version, also recorded in the manifest under ``derived_from.labels``). So the subset has the
+``labels`` and ``figures_labeled`` views, and a predicate that selected by label (e.g.
+``key IN (SELECT key FROM labels WHERE primary_label = 'Microscopy')``) selects the same
+samples when re-run on the subset. Cluster runs are not carried (their per-cluster statistics,
+exemplars, montages and map describe the parent's samples); the labels keep each sample's
+``cluster`` and ``run``.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ from biomedica_kit.dataset.licenses import CATEGORIES
 from biomedica_kit.dataset.lock import WRITER_FILE, dataset_lock
 from biomedica_kit.dataset.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from biomedica_kit.dataset.shards import ShardWriter
-from biomedica_kit.tables.connect import connect
+from biomedica_kit.tables.connect import connect, latest_labels
 from biomedica_kit.tables.export import META_DIR
 from biomedica_kit.tables.samples import ROW_COLUMNS, read_samples
 from biomedica_kit.tables.sql import quote_ident, sql_literal
@@ -58,10 +69,12 @@ from biomedica_kit.tables.sql import quote_ident, sql_literal
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DECISION_FILE", "SELECT_COLUMNS", "PredicateError", "SubsetSummary", "read_keys",
-           "select_rows", "subset", "validate_predicate"]
+__all__ = ["DECISION_FILE", "LABELS_FILE", "SELECT_COLUMNS", "PredicateError", "SubsetSummary",
+           "read_keys", "select_rows", "subset", "validate_predicate"]
 
 DECISION_FILE = "subset/keys.parquet"
+#: The subset's label table (its first version, in the format of biomedica_kit.labels.table).
+LABELS_FILE = "labels/000001.parquet"
 _FORBIDDEN = frozenset({
     "ABORT", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "CALL", "CHECKPOINT", "COMMIT", "COPY",
     "CREATE", "DEALLOCATE", "DELETE", "DETACH", "DROP", "EXECUTE", "EXPORT", "GRANT", "IMPORT",
@@ -278,6 +291,35 @@ def _derive_report(parent: Path, out: Path, rows: pa.Table, detail: str) -> dict
             "figures": sum(a["n_figures"]), "images": sum(a["n_images"]), "skips": reasons}
 
 
+def _carry_labels(parent: Path, out: Path, rows: pa.Table, selection: dict) -> dict | None:
+    """Write the parent's label rows of the selected keys as the subset's first label version;
+    return what was carried (None: the parent has no label table joined on ``key``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    src = latest_labels(parent)
+    if src is None or "key" not in pq.read_schema(src).names:
+        return None
+    table = pq.read_table(src)
+    table = table.filter(pc.is_in(table.column("key"), value_set=rows.column("key")))
+    table = table.take(pc.sort_indices(table, [("key", "ascending")]))
+    version = Path(LABELS_FILE).stem
+    if "label_version" in table.column_names:
+        i = table.column_names.index("label_version")
+        field = table.schema.field(i)
+        table = table.set_column(i, field, pa.array([version] * table.num_rows, field.type))
+    carried = {"from": src.relative_to(parent).as_posix(),
+               "label_version": src.stem if src.stem.isdigit() else None,
+               "file": LABELS_FILE, "rows": table.num_rows}
+    change = {"kind": "subset", "dataset": selection["dataset"],
+              "dataset_version": selection["dataset_version"], **carried}
+    meta = {**(table.schema.metadata or {}), b"biomedica_kit.label_parent": b"",
+            b"biomedica_kit.label_change": json.dumps(change).encode()}
+    write_parquet_atomic(table.replace_schema_metadata(meta), out / LABELS_FILE)
+    return carried
+
+
 def subset(dataset: str | os.PathLike, where: str | None, out: str | os.PathLike, *,
            keys: str | os.PathLike | Iterable[str] | None = None,
            params: Sequence[Any] | dict[str, Any] | None = None,
@@ -311,7 +353,7 @@ def subset(dataset: str | os.PathLike, where: str | None, out: str | os.PathLike
 
 #: What a subset writes into its folder before the manifest makes it a dataset.
 _OWN_ENTRIES = frozenset({"shards", "report", "versions", "metadata", DECISION_FILE.split("/")[0],
-                          WRITER_FILE})
+                          LABELS_FILE.split("/")[0], WRITER_FILE})
 
 
 def _clear_interrupted(out: Path) -> None:
@@ -366,6 +408,9 @@ def _subset(parent: Path, manifest: Manifest, rows: pa.Table, where: str | None,
     how = f"excluded by predicate: {where}" if where is not None else \
         f"not in keys {keys_file or '(list)'}"
     counts = _derive_report(parent, out, rows, how) or {}
+    labels = _carry_labels(parent, out, rows, selection)
+    if labels is not None:
+        selection["labels"] = labels
     by_subset = dict.fromkeys(CATEGORIES, 0)
     for s in shards:
         by_subset[s.subset] = by_subset.get(s.subset, 0) + s.samples
