@@ -22,7 +22,7 @@ from biomedica_kit.analysis.jobs import resolve_out
 from biomedica_kit.analysis.report import WIDGET_MIME, execute_notebook, resolve_notebook
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import iter_samples
-from biomedica_kit.tables import query
+from biomedica_kit.tables.connect import connect
 
 
 def samples(dataset: Path) -> list[dict]:
@@ -277,7 +277,7 @@ def test_widgets_and_charts_on_a_5m_row_table(big):
     assert ex.filters.journal == "eLife 123" and 0 < ex.matches < 5_000_000
     assert len(ex._cards.children) == 12
     assert ex._cards.children[0].children[0].value.count("data:image/jpeg") == 1
-    con = query.connect(big)
+    con = connect(big)
     for fn in (charts.licence_categories, charts.per_year, charts.top_journals,
                charts.article_types, charts.figures_per_article, charts.image_sizes):
         fig = fn(con)

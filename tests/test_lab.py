@@ -98,7 +98,7 @@ _IMAGES_SHOWN = """(n) => [...document.querySelectorAll('.bk-card-widget img.bk-
 
 
 def test_explore_runs_in_jupyterlab_and_shows_images(jupyterlab, analysis_dataset):
-    from biomedica_kit.tables.query import connect
+    from biomedica_kit.tables.connect import connect
 
     base, token, nbs = jupyterlab
     con = connect(analysis_dataset)

@@ -18,22 +18,26 @@ import nbformat
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from curate_datasets import K, clustered_dataset
 from PIL import Image
 
 from biomedica_kit.analysis import explore
 from biomedica_kit.analysis.charts import NOTE_MIME
+from biomedica_kit.analysis.notebook_meta import default_notebooks, read_meta
 from biomedica_kit.analysis.report import (
     PLOTLY_MIME,
     WIDGET_MIME,
     execute_notebook,
+    notebooks_dir,
     resolve_notebook,
 )
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.dataset.shards import iter_samples
-from biomedica_kit.tables import query
+from biomedica_kit.labels.table import label_versions
+from biomedica_kit.tables.connect import connect
 from biomedica_kit.tables.subset import validate_predicate
 
-NOTEBOOKS = ("01_overview", "02_topics", "03_explore", "04_subset")
+NOTEBOOKS = ("01_overview", "02_topics", "03_explore", "04_subset", "05_clusters")
 
 
 def run(name: str, dest: Path, **params) -> nbformat.NotebookNode:
@@ -104,6 +108,23 @@ def test_every_notebook_is_thin_and_parameterised():
             assert "plotly" not in src and "go." not in src, name
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
             f"{name} is committed with outputs"
+
+
+def test_every_notebook_declares_what_it_needs():
+    """metadata.biomedica (docs/notebooks.md): what `biomedica report` runs by default, and the
+    data a notebook needs before it can run."""
+    decl = {p.stem: read_meta(p) for p in sorted(notebooks_dir().glob("*.ipynb"))}
+    assert {"01_overview", "02_topics", "03_explore", "04_subset", "05_clusters",
+            "06_review"} <= set(decl)
+    for name in ("01_overview", "02_topics"):
+        assert decl[name].report and decl[name].requires == (), name
+    assert decl["05_clusters"].report
+    assert decl["05_clusters"].requires == ("clusters/*/config.json",)
+    for name in ("03_explore", "04_subset", "06_review"):  # interactive or curation tools
+        assert not decl[name].report, name
+    defaults = [p.stem for p in default_notebooks(notebooks_dir())]
+    assert defaults == sorted(n for n, m in decl.items() if m.report)
+    assert defaults[:2] == ["01_overview", "02_topics"] and "05_clusters" in defaults
 
 
 def test_overview_shows_the_dataset(analysis_dataset, truth, tmp_path):
@@ -240,6 +261,43 @@ def test_topics_picks_up_labels_once_they_exist(analysis_dataset, truth, tmp_pat
             assert by_label["z"][i][j] == want, (term, label)
 
 
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory) -> tuple[Path, str]:
+    """The real figure-caption pairs, embedded, clustered (k=K), proposed and labelled."""
+    return clustered_dataset(tmp_path_factory)
+
+
+def test_clusters_notebook_shows_the_newest_run(clustered, tmp_path):
+    ds, run_name = clustered
+    versions = label_versions(ds)
+    nb = run("05_clusters", tmp_path, dataset=str(ds))  # run=None: the newest finished run
+    assert f"run {run_name}" in texts(nb)
+    out = ds / "clusters" / run_name
+    sizes = Counter(pq.read_table(out / "assignments.parquet").column("cluster").to_pylist())
+    assert len(sizes) == K and sum(sizes.values()) == 185
+    # The map, coloured by cluster: one trace per cluster with exactly its members, each
+    # point where the run's map put it.
+    fig = charts(nb)["cluster_map"]
+    assert {t["name"]: len(t["x"]) for t in fig["data"]} == {str(c): n for c, n in sizes.items()}
+    xy = {r["key"]: (r["x"], r["y"]) for r in pq.read_table(out / "map.parquet").to_pylist()}
+    for t in fig["data"]:
+        for x, y, (key, cluster, *_rest) in zip(t["x"], t["y"], t["customdata"], strict=True):
+            assert cluster == int(t["name"])
+            assert (x, y) == pytest.approx(xy[key], abs=1e-5), key
+    assert fig["layout"]["title"]["text"].startswith("185 samples, map by pca")
+    # The proposals table: one row per cluster, with the run's proposal and size.
+    table = next(o.data["text/html"] for o in outputs(nb)
+                 if "score_caption" in o.get("data", {}).get("text/html", ""))
+    props = pq.read_table(out / "proposals.parquet").to_pylist()
+    assert len(props) == K and table.count("<tr") == K + 1
+    for p in props:
+        assert f">{p['primary_label']}<" in table, p["cluster"]
+    # The gallery starts on a cluster; with no decisions nothing is written.
+    assert any("ClusterGallery" in o.get("data", {}).get("text/plain", "") or
+               WIDGET_MIME in o.get("data", {}) for o in outputs(nb))
+    assert label_versions(ds) == versions
+
+
 def test_explore_gallery_reads_images_by_offset(analysis_dataset, truth, tmp_path):
     nb = run("03_explore", tmp_path, dataset=str(analysis_dataset), licences=["other"],
              text="photostimulation")
@@ -293,7 +351,7 @@ def test_subset_notebook_without_predicate_only_previews(analysis_dataset, tmp_p
 
 
 def test_filters_make_one_safe_predicate(analysis_dataset):
-    con = query.connect(analysis_dataset)
+    con = connect(analysis_dataset)
     f = explore.Filters(licences=("commercial", "other"), years=(2024, 2016),
                         journal="medRxiv", text="O'Brien; DROP TABLE x --")
     where = f.where(con)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import re
 import subprocess
 import threading
@@ -20,6 +21,7 @@ import nbformat
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from curate_datasets import clustered_dataset
 from PIL import Image
 
 from biomedica_kit.analysis.report import ReportError, report
@@ -240,3 +242,95 @@ def test_cli_rejects_bad_params_and_unknown_notebooks(analysis_dataset, tmp_path
                                "--notebook", "99_nothing"])
     assert res.exit_code == 1 and "no notebook '99_nothing'" in res.output
     assert "01_overview" in res.output  # lists the known ones
+
+
+# ------------------------------------------------------- what notebooks need (metadata.biomedica)
+
+
+def test_default_report_runs_the_cluster_notebook_once_a_run_exists(tmp_path_factory, chromium):
+    ds, run = clustered_dataset(tmp_path_factory)
+    out = tmp_path_factory.mktemp("report-clusters") / "site"
+    res = CliRunner().invoke(main, ["report", str(ds), "--out", str(out)])  # the default set
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "05_clusters: 1 charts" in res.output and "skipped, needs `clusters" not in res.output
+    for name in ("01_overview", "02_topics", "05_clusters"):
+        assert f"{name}: " in res.output and (out / f"{name}.html").is_file(), name
+    page = (out / "05_clusters.html").read_text(encoding="utf-8")
+    assert page.count("Plotly.newPlot") == 1 and "185 samples, map by pca" in page
+    assert f"run {run}" in page
+    png = out / "charts/05_clusters/cluster_map.png"
+    px = np.asarray(Image.open(png).convert("RGB"), dtype=float)
+    assert px.shape[1] >= 1000 and px.std() > 10, "cluster map PNG looks blank"
+    assert (out / "charts/05_clusters/cluster_map.svg").is_file()
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert '<a href="05_clusters.html">05_clusters</a>' in index
+    assert 'src="charts/05_clusters/cluster_map.png"' in index
+    assert "<td>05_clusters</td>" not in index  # the row of a skipped notebook
+
+
+def test_cluster_notebook_is_skipped_without_a_run(analysis_dataset, tmp_path):
+    from biomedica_kit.analysis.notebook_meta import default_notebooks, plan
+    from biomedica_kit.analysis.report import notebooks_dir
+
+    to_run, skipped = plan(analysis_dataset, default_notebooks(notebooks_dir()))
+    assert {"01_overview", "02_topics"} <= {p.stem for p in to_run}
+    assert "05_clusters" not in {p.stem for p in to_run}
+    why = {s.name: s.reason for s in skipped}
+    assert why["05_clusters"] == ("needs `clusters/*/config.json` in the dataset (a finished "
+                                  "`biomedica cluster` run)")
+    # Named explicitly it is skipped too (no kernel started), and a page an earlier report
+    # wrote for it into the same folder goes.
+    site = tmp_path / "site"
+    (site / "charts/05_clusters").mkdir(parents=True)
+    (site / "05_clusters.html").write_text("stale")
+    res = CliRunner().invoke(main, ["report", str(analysis_dataset), "--out", str(site),
+                                    "--notebook", "05_clusters", "--no-images"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "05_clusters: skipped, needs `clusters/*/config.json` in the dataset" in res.output
+    assert not (site / "05_clusters.html").exists() and not (site / "charts/05_clusters").exists()
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert ("<td>05_clusters</td><td></td><td>skipped: needs <code>clusters/*/config.json"
+            "</code> in the dataset (a finished <code>biomedica cluster</code> run)") in index
+
+
+def test_requirements_need_finished_non_empty_data(analysis_dataset, tmp_path):
+    from biomedica_kit.analysis.notebook_meta import (
+        NotebookMeta,
+        NotebookMetaError,
+        missing_requirements,
+        read_meta,
+    )
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    meta = NotebookMeta(report=True, requires=("clusters/*/config.json", "eval"))
+    assert missing_requirements(ds, meta) == ["clusters/*/config.json", "eval"]
+    run = ds / "clusters" / "r1"
+    run.mkdir(parents=True)
+    (run / "model.npz").write_bytes(b"x")  # a run still being written: no config.json yet
+    (ds / "eval").mkdir()
+    (ds / "eval" / ".tmp-123-metrics.json").write_text("{}")  # only a writer's temporary
+    assert missing_requirements(ds, meta) == ["clusters/*/config.json", "eval"]
+    tmp_run = ds / "clusters" / ".tmp-9-r2"
+    tmp_run.mkdir()
+    (tmp_run / "config.json").write_text("{}")
+    (run / "config.json").write_text("")  # empty files do not count either
+    assert missing_requirements(ds, meta) == ["clusters/*/config.json", "eval"]
+    (run / "config.json").write_text('{"run": "r1"}')
+    (ds / "eval" / "metrics.json").write_text("{}")
+    assert missing_requirements(ds, meta) == []
+
+    def notebook(biomedica) -> Path:
+        p = tmp_path / "nb.ipynb"
+        p.write_text(json.dumps({"cells": [], "metadata": {"biomedica": biomedica}}))
+        return p
+
+    assert read_meta(notebook({"report": True, "requires": ["eval"]})) == NotebookMeta(
+        report=True, requires=("eval",))
+    for bad, msg in (({"reprot": True}, "unknown"), ({"requires": "eval"}, "list of paths"),
+                     ({"requires": ["/etc"]}, "relative"), ({"requires": ["../x"]}, "relative"),
+                     ({"report": "yes"}, "true or false")):
+        with pytest.raises(NotebookMetaError, match=msg):
+            read_meta(notebook(bad))
+    with pytest.raises(ReportError, match="unknown"):  # a report stops on it, naming it
+        report(analysis_dataset, tmp_path / "site", [str(notebook({"reprot": 1}))])

@@ -1,9 +1,10 @@
 """Plotly charts (and the tables behind them) for the analysis notebooks and reports.
 
-Every builder takes a connection from :func:`biomedica_kit.tables.query.connect` and draws what a
-:mod:`biomedica_kit.tables.query` helper counts, so a chart and the numbers it shows never disagree
-with the query layer. Counts are of samples (one figure image each) in the ``figures`` view,
-or of articles in the ``articles`` view (articles that have at least one sample).
+Every builder takes a connection from :func:`biomedica_kit.tables.connect.connect` and draws
+what a :mod:`biomedica_kit.tables.query` helper counts, so a chart and the numbers it shows
+never disagree with the query layer. Counts are of samples (one figure image each) in the
+``figures`` view, or of articles in the ``articles`` view (articles that have at least one
+sample).
 
 When the dataset lacks what a chart needs (no samples at all, no publication years, or
 taxonomy labels and MeSH terms that arrive with later pipeline stages) a builder returns a

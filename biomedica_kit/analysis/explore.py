@@ -47,6 +47,7 @@ from biomedica_kit.analysis.gallery import (
 )
 from biomedica_kit.analysis.panel import ANY, FilterPanel
 from biomedica_kit.tables import query
+from biomedica_kit.tables.connect import connect
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -57,7 +58,7 @@ __all__ = ["Explorer", "Filters", "LinkedChart", "open_dataset"]
 
 def open_dataset(dataset: str | os.PathLike) -> Any:
     """A query connection with the curation ``tags`` view (exports stale metadata first)."""
-    con = query.connect(dataset)
+    con = connect(dataset)
     curation.attach(con, dataset)
     return con
 

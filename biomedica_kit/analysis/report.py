@@ -1,9 +1,11 @@
 """Reproducible reports: run the analysis notebooks headless and publish them as static files.
 
-``report(dataset, out_dir)`` executes each notebook under ``notebooks/`` with papermill (its
-``parameters`` cell gets ``dataset``), keeps the executed ``.ipynb``, writes every plotly chart
-it displayed as PNG and SVG (kaleido driving Debian's Chromium), and exports the notebook to one
-self-contained HTML file whose charts stay interactive. ``index.html`` links everything.
+``report(dataset, out_dir)`` executes with papermill (``dataset`` into the ``parameters``
+cell) the notebooks of ``notebooks/`` that declare ``report: true`` and whose ``requires`` the
+dataset meets (:mod:`~biomedica_kit.analysis.notebook_meta`; the others are listed as skipped,
+with why), keeps the executed ``.ipynb``, writes every plotly chart it displayed as PNG and SVG
+(kaleido driving Debian's Chromium), and exports the notebook to one self-contained HTML file
+whose charts stay interactive. ``index.html`` links everything.
 
 Everything works offline: plotly.js is written once per report (``assets/plotly.min.js``,
 loaded only by pages that have charts) and the nbconvert template drops the CDN scripts
@@ -16,7 +18,6 @@ and hide code cells until "show code" is clicked.
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 import shutil
@@ -24,28 +25,25 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
+from biomedica_kit.analysis.notebook_meta import NotebookMetaError, Skipped, default_notebooks, plan
+from biomedica_kit.analysis.report_index import index_html
 from biomedica_kit.base.browser import chromium_path
 from biomedica_kit.tables import query
+from biomedica_kit.tables.connect import connect
 
 __all__ = [
-    "ANALYSIS_NOTEBOOKS", "Chart", "NOTEBOOK_CSS", "NotebookResult",
+    "Chart", "NOTEBOOK_CSS", "NotebookResult",
     "PLOTLY_JS", "PLOTLY_MIME", "Report", "ReportError", "WIDGET_MIME",
     "drop_widget_state", "ensure_metadata", "execute_notebook", "extract_charts", "extract_notes",
-    "index_html", "inline_markdown", "notebook_html", "notebooks_dir", "render_images", "report",
+    "notebook_html", "notebooks_dir", "render_images", "report",
     "resolve_notebook", "write_notebook_css", "write_plotlyjs",
 ]
-
-#: The notebooks a report runs by default: the static analyses. 03_explore and 04_subset are
-#: interactive tools; they can be added with ``notebooks=[...]`` (their HTML shows a static
-#: snapshot of the widgets' first view).
-ANALYSIS_NOTEBOOKS: tuple[str, ...] = ("01_overview", "02_topics")
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: Where a report keeps plotly.js, relative to its folder (one copy for every page).
@@ -95,6 +93,7 @@ class Report:
     overview: dict[str, Any]  # query.overview(): figures, articles, shards, figures_by_license
     notebooks: list[NotebookResult]
     seconds: float
+    skipped: list[Skipped] = field(default_factory=list)  # their required data is missing
 
     @property
     def charts(self) -> list[Chart]:
@@ -135,7 +134,9 @@ def report(
 ) -> Report:
     """Execute ``notebooks`` against ``dataset`` and publish them as HTML (+ charts) in ``out_dir``.
 
-    ``notebooks`` are names in notebooks/ or paths (default :data:`ANALYSIS_NOTEBOOKS`);
+    ``notebooks`` are names in notebooks/ or paths (default: those declaring ``report: true``,
+    :func:`~biomedica_kit.analysis.notebook_meta.default_notebooks`); a notebook whose
+    ``requires`` the dataset lacks is skipped, named in :attr:`Report.skipped` with why;
     ``parameters`` are passed to every notebook's ``parameters`` cell besides ``dataset``;
     ``images=False`` skips the PNG/SVG renderings (no Chromium needed). The metadata tables are
     exported first when they are missing or older than the dataset's current version.
@@ -150,17 +151,25 @@ def report(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     version = ensure_metadata(ds)
-    con = query.connect(ds, refresh=False)
+    con = connect(ds, refresh=False)
     try:
         overview = query.overview(con)
     finally:
         con.close()
     params = {**(parameters or {}), "dataset": str(ds)}
-    results: list[NotebookResult] = []
-    for src in [resolve_notebook(n) for n in (notebooks or ANALYSIS_NOTEBOOKS)]:
-        results.append(_run_one(src, out, params, timeout=timeout, progress=progress))
-    for r in results:  # charts of an earlier report into the same folder must not linger
-        shutil.rmtree(out / "charts" / r.name, ignore_errors=True)
+    try:
+        to_run, skipped = plan(ds, [resolve_notebook(n) for n in notebooks] if notebooks
+                               else default_notebooks(notebooks_dir()))
+    except NotebookMetaError as exc:
+        raise ReportError(str(exc)) from None
+    results = [_run_one(src, out, params, timeout=timeout, progress=progress) for src in to_run]
+    # What an earlier report into the same folder wrote must not linger: its charts, and the
+    # pages of notebooks skipped now.
+    for name in [r.name for r in results] + [s.name for s in skipped]:
+        shutil.rmtree(out / "charts" / name, ignore_errors=True)
+    for s in skipped:
+        for stale in (out / f"{s.name}.html", out / "notebooks" / f"{s.name}.ipynb"):
+            stale.unlink(missing_ok=True)
     if images:
         render_images([c for r in results for c in r.charts], out / "charts")
     if any(r.charts for r in results):
@@ -169,7 +178,8 @@ def report(
     for r in results:
         r.html.write_text(notebook_html(r, out), encoding="utf-8")
     rep = Report(out_dir=out, index=out / "index.html", dataset=ds, dataset_version=version,
-                 overview=overview, notebooks=results, seconds=time.perf_counter() - t0)
+                 overview=overview, notebooks=results, seconds=time.perf_counter() - t0,
+                 skipped=skipped)
     rep.index.write_text(index_html(rep), encoding="utf-8")
     failed = [r for r in results if r.error]
     if failed:
@@ -520,72 +530,3 @@ def _chart_links(chart: Chart, out: Path) -> str:
     if not links:
         return ""
     return f'<div class="bk-chart-links">{html.escape(chart.title)}: {" ".join(links)}</div>'
-
-
-_CODE = re.compile(r"`([^`]+)`")
-_BOLD = re.compile(r"\*\*([^*]+)\*\*")
-
-
-def inline_markdown(text: str) -> str:
-    """Escaped ``text`` with Markdown's inline code and bold rendered (what notes use)."""
-    out = html.escape(text)
-    out = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", out)
-    return _BOLD.sub(lambda m: f"<b>{m.group(1)}</b>", out)
-
-
-def index_html(rep: Report) -> str:
-    """The report's landing page: dataset, notebooks, and a thumbnail of every chart."""
-    e = html.escape
-    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows = []
-    for nb in rep.notebooks:
-        status = (f'<span class="err">failed: {e(nb.error)}</span>' if nb.error
-                  else f"{len(nb.charts)} charts")
-        notes = "".join(f"<li>{inline_markdown(n)}</li>" for n in nb.notes)
-        rows.append(f'<tr><td><a href="{e(nb.html.name)}">{e(nb.name)}</a></td>'
-                    f'<td><a href="notebooks/{e(nb.ipynb.name)}">.ipynb</a></td>'
-                    f"<td>{status}</td><td>{nb.seconds:.1f} s</td>"
-                    f"<td>{'<ul>' + notes + '</ul>' if notes else ''}</td></tr>")
-    ov = rep.overview
-    by_licence = ", ".join(f"{e(str(k))}: {v:,}" for k, v in ov["figures_by_license"].items())
-    headline = (f"<p class='headline'><b>{ov['figures']:,}</b> samples from "
-                f"<b>{ov['articles']:,}</b> articles in <b>{ov['shards']:,}</b> shards "
-                f"({by_licence or 'no samples'}).</p>")
-    cards = []
-    for c in rep.charts:
-        if c.png is None:
-            continue
-        png = c.png.relative_to(rep.out_dir).as_posix()
-        svg = c.svg.relative_to(rep.out_dir).as_posix() if c.svg else png
-        cards.append(f'<figure><a href="{e(c.notebook)}.html"><img src="{e(png)}" '
-                     f'alt="{e(c.title)}" loading="lazy"></a><figcaption>{e(c.title)} '
-                     f'<span class="nb">({e(c.notebook)})</span> <a href="{e(png)}">PNG</a> '
-                     f'<a href="{e(svg)}">SVG</a></figcaption></figure>')
-    gallery = ("<h2>Charts</h2><div class='grid'>" + "".join(cards) + "</div>") if cards else ""
-    params = json.dumps({"dataset": str(rep.dataset)})
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>biomedica-kit report: {e(rep.dataset.name)}</title>
-<style>
-body{{font:15px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;
-  color:#1d2330}}
-table{{border-collapse:collapse}} td,th{{padding:4px 12px;border-bottom:1px solid #e3e6ec;
-  text-align:left}}
-.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:18px}}
-figure{{margin:0;border:1px solid #e3e6ec;border-radius:6px;padding:8px}}
-figure img{{width:100%;height:auto}} figcaption{{font-size:13px}} .nb{{color:#6b7385}}
-.err{{color:#b00020}} code{{background:#f4f6fa;padding:1px 4px}}
-.headline{{font-size:17px}} td ul{{margin:0;padding-left:18px;font-size:13px;color:#4a5366}}
-td{{vertical-align:top}}
-</style></head><body>
-<h1>biomedica-kit report</h1>
-<p>Dataset <code>{e(str(rep.dataset))}</code>, version <code>{e(rep.dataset_version or "?")}</code>;
-generated {e(created)} in {rep.seconds:.0f} s. Parameters: <code>{e(params)}</code>.</p>
-{headline}
-<h2>Notebooks</h2>
-<table><tr><th>page</th><th>executed</th><th>charts</th><th>run time</th><th>notes</th></tr>
-{"".join(rows)}</table>
-{gallery}
-</body></html>
-"""

@@ -143,10 +143,10 @@ def selection(dataset: str | os.PathLike, name: str) -> Selection:
     ``subset(dataset, None, out, keys=selection.keys)``.
     """
     from biomedica_kit.analysis import curation
-    from biomedica_kit.tables import query
+    from biomedica_kit.tables.connect import connect
 
     view = load_view(dataset, name)
-    con = query.connect(dataset)
+    con = connect(dataset)
     try:
         curation.attach(con, dataset)
         where = view.filters.where(con)

@@ -58,7 +58,7 @@ def lab(dataset: str | None, port: int, browser: bool | None) -> None:
     """Open JupyterLab on notebooks/ with DATASET preselected (default: build/demo).
 
     Bound to 127.0.0.1 with a random token; the URL to open (token included) is printed."""
-    from biomedica_kit.tables.query import connect
+    from biomedica_kit.tables.connect import connect
 
     notebooks = _notebooks_dir()
     ds = Path(dataset or notebooks.parent / DEMO_DATASET).resolve()

@@ -37,8 +37,9 @@ def _parameters(params: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Report folder (index.html, one HTML page per notebook, charts/).")
 @click.option("--notebook", "notebooks", multiple=True,
-              help="A notebook name in notebooks/ or a path; repeatable "
-                   "(default: 01_overview and 02_topics).")
+              help="A notebook name in notebooks/ or a path; repeatable (default: every "
+                   "notebook whose metadata says report: true; one whose required data "
+                   "DATASET lacks is skipped, with the reason).")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Extra notebook parameter (VALUE parsed as JSON when it can be); repeatable.")
 @click.option("--no-images", is_flag=True, help="Skip the PNG/SVG chart files (no Chromium).")
@@ -49,8 +50,10 @@ def report(dataset: str, out: str, notebooks: tuple[str, ...], params: tuple[str
            no_images: bool, timeout: int) -> None:
     """Run the analysis notebooks on DATASET headless and publish them as HTML in OUT.
 
-    Exports the metadata first when it is missing or stale. Exits 1 if a notebook failed (its
-    page still shows the traceback).
+    By default 01_overview and 02_topics, and 05_clusters once DATASET has a finished cluster
+    run (each notebook declares what it needs; see docs/notebooks.md). Exports the metadata
+    first when it is missing or stale. Exits 1 if a notebook failed (its page still shows the
+    traceback).
     """
     from biomedica_kit.analysis.report import ReportError
 
@@ -63,6 +66,8 @@ def report(dataset: str, out: str, notebooks: tuple[str, ...], params: tuple[str
     for nb in rep.notebooks:
         click.echo(f"{nb.name}: {len(nb.charts)} charts, {len(nb.notes)} notes, "
                    f"{nb.seconds:.1f} s -> {nb.html}")
+    for s in rep.skipped:
+        click.echo(f"{s.name}: skipped, {s.reason}")
     click.echo(f"report {rep.index} ({rep.seconds:.1f} s)")
 
 

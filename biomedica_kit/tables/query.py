@@ -1,14 +1,13 @@
 """Query helpers over :func:`biomedica_kit.tables.connect.connect`: the usual questions, safely.
 
 Public API (stable; notebooks and the report call it). ``con`` is a connection from
-:func:`connect`; every helper returns a ``polars.DataFrame`` — or ``None`` (with a
-:class:`NotAvailable` warning saying why) when the column it needs does not exist yet, e.g.
-``mesh_terms`` before Entrez enrichment or ``primary_label`` before labelling. Helpers never
-invent values.
+:func:`biomedica_kit.tables.connect.connect` (this module does not re-export it); every helper
+returns a ``polars.DataFrame`` — or ``None`` (with a :class:`NotAvailable` warning saying why)
+when the column it needs does not exist yet, e.g. ``mesh_terms`` before Entrez enrichment or
+``primary_label`` before labelling. Helpers never invent values.
 
 ::
 
-    connect(dataset, **kw) / lazy(dataset, table)    # re-exported from metadata
     views(con) -> list[str]
     columns(con, view="figures") -> dict[str, str]   # column -> DuckDB type
     has_column(con, column, view="figures") -> bool
@@ -55,7 +54,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from biomedica_kit.tables.connect import connect, lazy
 from biomedica_kit.tables.sql import quote_ident, scalar
 
 if TYPE_CHECKING:
@@ -63,10 +61,10 @@ if TYPE_CHECKING:
     import polars as pl
 
 __all__ = [
-    "LABEL_ALIASES", "NotAvailable", "article_type_counts", "columns", "connect", "count_by",
+    "LABEL_ALIASES", "NotAvailable", "article_type_counts", "columns", "count_by",
     "crosstab", "figures_per_article", "has_column", "journal_counts", "keyword_counts",
     "label_counts", "label_source",
-    "lazy", "license_counts", "mesh_counts", "overview", "select", "subject_counts", "top_n",
+    "license_counts", "mesh_counts", "overview", "select", "subject_counts", "top_n",
     "views", "year_counts",
 ]
 

@@ -139,6 +139,7 @@ DESCRIPTORS = """<?xml version="1.0"?>
 def test_mesh_distributions_and_rollup(corpus, records, tmp_path):
     from biomedica_kit.etl.mesh import load_mesh_descriptors
     from biomedica_kit.tables import query
+    from biomedica_kit.tables.connect import connect
 
     desc = tmp_path / "desc2025.xml"
     desc.write_text(DESCRIPTORS)
@@ -149,7 +150,7 @@ def test_mesh_distributions_and_rollup(corpus, records, tmp_path):
     shard = next(s for s in read_manifest(ds)["shards"] if s["subset"] == "other")
     meta = json.loads(dict(iter_samples(ds / shard["path"]))["elife-32671_fig1"]["json"])
     assert meta["mesh_categories"] == ["Organisms", "Diseases"]
-    con = query.connect(ds)
+    con = connect(ds)
     by_licence = query.mesh_crosstab(con, "license_category", top=3)
     assert by_licence.columns == ["mesh_terms", "other"]
     assert by_licence["other"].to_list() == [5, 5, 5]  # the five figures of elife-32671

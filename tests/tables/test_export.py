@@ -327,7 +327,7 @@ def _expected(rows, col, *, unnest=False):
 
 
 def test_helpers_count_the_real_content(corpus_ds):
-    con = query.connect(corpus_ds)
+    con = connect(corpus_ds)
     truth = [json.loads(g["json"]) for _, g in shard_samples(corpus_ds).values()]
     arts = {m["article_id"]: m for m in truth}
     # Known articles of the corpus: PMC12419688 is CC BY (commercial), eLife 32671 has no licence.
@@ -375,7 +375,7 @@ def test_helpers_count_the_real_content(corpus_ds):
 
 
 def test_missing_facets_return_none_with_a_message(corpus_ds):
-    con = query.connect(corpus_ds)
+    con = connect(corpus_ds)
     with pytest.warns(query.NotAvailable, match="MeSH"):
         assert query.mesh_counts(con) is None
     with pytest.warns(query.NotAvailable, match="primary_label"):
@@ -387,7 +387,7 @@ def test_missing_facets_return_none_with_a_message(corpus_ds):
 
 
 def test_filters_are_bound_not_formatted(corpus_ds):
-    con = query.connect(corpus_ds)
+    con = connect(corpus_ds)
     total = con.execute("SELECT count(*) FROM figures").fetchone()[0]
     hostile = "x' OR '1'='1"
     assert query.select(con, filters={"key": hostile}).height == 0
