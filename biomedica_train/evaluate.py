@@ -14,8 +14,10 @@ Public API::
 by byte range. Images go through the model's own preprocessing settings (size, resize mode,
 interpolation, mean/std from open_clip's ``preprocess_cfg``), decoded in worker processes
 (:class:`biomedica_kit.embed.decode.Decoder`, as ``biomedica embed`` does) once the split has
-more than a few batches; models that want the same image size share one decoding pass. Every
-model runs batched on its device (CUDA when present, else CPU: the same code).
+more than 1,024 samples (below, starting the processes costs more than it saves). Models that
+want the same image size share one decoding pass, models of one architecture share the
+tokenised captions and prompts, and every model runs batched on its device (CUDA when
+present, else CPU: the same code).
 
 **Zero-shot classification** (tasks ``zeroshot_primary``, ``zeroshot_secondary``): the classes
 are exactly the taxonomy's labels (:func:`biomedica_kit.labels.taxonomy.load_taxonomy`: 16
@@ -97,6 +99,9 @@ PROMPT_TEMPLATES = ("a biomedical figure showing {label}.", "{label}",
 #: The label sources counted as reviewed (the default truth of zero-shot).
 REVIEWED = ("expert", "override")
 RECALL_AT = (1, 5, 10)
+#: Splits of more samples than this are decoded in worker processes by default (below, the
+#: processes' start costs more than decoding in this one: measured on 185 real figures).
+_WORKERS_FROM = 1024
 _TOP_K = 5
 
 
@@ -121,6 +126,7 @@ class EvalSummary:
     table: pl.DataFrame  # models side by side (overall rows)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    load_seconds: float = 0.0  # of ``seconds``: loading the models
 
     def format_lines(self) -> list[str]:
         """The summary as the CLI prints it: the side-by-side table in Markdown."""
@@ -129,7 +135,8 @@ class EvalSummary:
         zs = ", ".join(f"{k} {v}" for k, v in self.labelled.items())
         return [f"evaluation {self.name}: {self.path}",
                 f"split {self.split}: {self.samples} samples for retrieval; labelled for "
-                f"zero-shot: {zs or 'none'} ({self.seconds:.1f} s)",
+                f"zero-shot: {zs or 'none'} ({self.seconds:.1f} s, "
+                f"{self.load_seconds:.1f} s of it loading models)",
                 *[f"warning: {w}" for w in self.warnings], "", markdown_table(self.table)]
 
 
@@ -257,25 +264,40 @@ def _encode_images(m: _Model, pixels: np.ndarray) -> np.ndarray:
         return _normalised(m.loaded.model.encode_image((x - mean) / std))
 
 
-def _encode_texts(m: _Model, texts: Sequence[str], batch_size: int, bar: Any = None
-                  ) -> np.ndarray:
+class _Tokens:
+    """Token batches per architecture and text list: models of one architecture (a base and
+    its fine-tuned checkpoints) share a tokenizer, and open_clip's BPE is slow Python."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.cache: dict[tuple[str, str], list[Any]] = {}
+
+    def get(self, m: _Model, what: str, texts: Sequence[str]) -> list[Any]:
+        key = (m.spec.arch, what)
+        if key not in self.cache:
+            self.cache[key] = [m.loaded.tokenizer(list(texts[i:i + self.batch_size]))
+                               for i in range(0, len(texts), self.batch_size)]
+        return self.cache[key]
+
+
+def _encode_tokens(m: _Model, batches: list[Any], bar: Any = None) -> np.ndarray:
     import torch
 
     out = []
-    for i in range(0, len(texts), batch_size):
-        chunk = list(texts[i:i + batch_size])
+    for tokens in batches:
         with torch.inference_mode():
-            tokens = m.loaded.tokenizer(chunk).to(m.loaded.device)
-            out.append(_normalised(m.loaded.model.encode_text(tokens)))
+            out.append(_normalised(m.loaded.model.encode_text(tokens.to(m.loaded.device))))
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(len(tokens))
     dims = int(out[0].shape[1]) if out else 0
     return np.concatenate(out) if out else np.zeros((0, dims), np.float32)
 
 
-def _class_vectors(m: _Model, prompts: list[list[str]], batch_size: int) -> np.ndarray:
+def _class_vectors(m: _Model, level: str, prompts: list[list[str]], tokens: _Tokens
+                   ) -> np.ndarray:
     flat = [p for ps in prompts for p in ps]
-    vecs = _encode_texts(m, flat, batch_size).reshape(len(prompts), len(prompts[0]), -1)
+    vecs = _encode_tokens(m, tokens.get(m, level, flat)).reshape(len(prompts), len(prompts[0]),
+                                                                 -1)
     mean = vecs.mean(axis=1)
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
@@ -359,9 +381,8 @@ def _image_vectors(root: Path, rows: list[dict[str, Any]], models: list[_Model],
     by_spec: dict[ImageSpec, list[int]] = {}
     for i, m in enumerate(models):
         by_spec.setdefault(m.image, []).append(i)
-    n_batches = -(-len(rows) // batch_size)
-    if workers is None:  # worker processes pay once decoding can run ahead of the model
-        workers = default_workers() if n_batches > 2 else 0
+    if workers is None:  # starting worker processes takes seconds: they pay on large splits
+        workers = default_workers() if len(rows) > _WORKERS_FROM else 0
     for spec, members in by_spec.items():
         with Decoder(root, spec, workers) as dec:
             for decoded in dec.map(_batches(rows, batch_size)):
@@ -436,8 +457,8 @@ def evaluate(dataset: str | os.PathLike[str],
     ``models``: names as :func:`biomedica_train.models.resolve_model` takes them (a checkpoint
     file, an architecture, ``hf-hub:...``), ``(arch, pretrained)`` pairs or
     :class:`~biomedica_train.models.ModelSpec`. ``label_sources``: which labels count as
-    truth for zero-shot. ``workers``: decoding processes (default: none for a split of two
-    batches or fewer, else :func:`biomedica_kit.embed.run.default_workers`). Results go to
+    truth for zero-shot. ``workers``: decoding processes (default: none for a split of 1,024
+    samples or fewer, else :func:`biomedica_kit.embed.run.default_workers`). Results go to
     ``out`` or ``DATASET/eval/<name>/`` (default name ``<split_name>-<split>-<UTC time>``;
     an earlier evaluation of that name is replaced).
     """
@@ -466,7 +487,9 @@ def evaluate(dataset: str | os.PathLike[str],
         raise EvalError(f"split {split_name!r} has no {split} sample in the dataset's current "
                         f"version ({len(keys)} keys in the split file)")
     dev = auto_device(device)
+    t_load = time.perf_counter()
     loaded, notes = _open(models, dev, split_name, split, digest, allow_overlap, root)
+    t_load = time.perf_counter() - t_load
     for w in notes:
         warnings.warn(w, stacklevel=2)
     tax = load_taxonomy(taxonomy)
@@ -501,14 +524,15 @@ def evaluate(dataset: str | os.PathLike[str],
               "primary_label": [(labs.get(r["key"]) or {}).get("primary_label") or UNLABELLED
                                 for r in sub]}
     out_rows: list[dict[str, Any]] = []
+    tokens = _Tokens(batch_size)
     for m, img in zip(loaded, image_vecs, strict=True):
-        txt = _encode_texts(m, texts, batch_size, bar)
+        txt = _encode_tokens(m, tokens.get(m, "captions", texts), bar)
         out_rows += _retrieval_rows(m, img[with_text], txt, eq, groups)
         for level, (classes, prompts, idx, truth) in levels.items():
             if idx:
                 out_rows += _zero_shot_rows(m, f"zeroshot_{level}", img[idx],
-                                            _class_vectors(m, prompts, batch_size), classes,
-                                            truth)
+                                            _class_vectors(m, level, prompts, tokens),
+                                            classes, truth)
     bar.close()
     results = pl.DataFrame(out_rows, schema={"model": pl.String, "model_version": pl.String,
                                              "task": pl.String, "metric": pl.String,
@@ -538,13 +562,14 @@ def evaluate(dataset: str | os.PathLike[str],
         "classes": {lv: v[0] for lv, v in levels.items()},
         "prompts": {"templates": list(PROMPT_TEMPLATES),
                     **{lv: dict(zip(v[0], v[1], strict=True)) for lv, v in levels.items()}},
-        "batch_size": batch_size, "device": dev, "seconds": seconds, "warnings": notes,
+        "batch_size": batch_size, "device": dev, "seconds": seconds,
+        "load_seconds": round(t_load, 3), "warnings": notes,
     }
     write_results(folder, results, config, render_markdown(results, config))
     return EvalSummary(name=name, path=str(folder), models=[m.label for m in loaded],
                        split=f"{split_name}/{split}", samples=len(with_text),
                        labelled=labelled_n, table=side_by_side(results), warnings=notes,
-                       seconds=seconds)
+                       seconds=seconds, load_seconds=round(t_load, 3))
 
 
 def _dataset_version(root: Path) -> str:

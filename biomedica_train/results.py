@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from biomedica_kit.analysis.display import Table
 
 __all__ = ["EVAL_DIR", "METRICS", "RESULT_COLUMNS", "TASKS", "UNKNOWN", "UNLABELLED",
-           "EvalNotFound", "eval_dir", "eval_names", "licence_chart", "markdown_table",
+           "EvalNotFound", "about", "eval_dir", "eval_names", "licence_chart", "markdown_table",
            "read_config", "read_results", "recall_chart", "render_markdown", "side_by_side",
            "side_by_side_table", "write_results", "zero_shot_chart"]
 
@@ -174,6 +174,32 @@ def side_by_side(results: pl.DataFrame, group_by: str = "all",
     if group_by != "all":
         out = out.sort(["task", "group"], maintain_order=True)
     return out
+
+
+def about(config: dict[str, Any]) -> Table:
+    """The evaluated models as a table: label, ``model_version``, image size, device, and
+    whether the checkpoint trained on the evaluated split (allowed by the caller)."""
+    import polars as pl
+
+    from biomedica_kit.analysis.display import Table
+
+    split = config.get("split", {})
+    labels = config.get("labels", {})
+    samples = config.get("samples", {})
+    df = pl.DataFrame([{"model": m["label"], "model_version": m["model_version"],
+                        "image px": m.get("image_size"), "device": m.get("device"),
+                        "trained on this split": bool(m.get("leakage"))}
+                       for m in config.get("models", [])],
+                      schema={"model": pl.String, "model_version": pl.String,
+                              "image px": pl.Int64, "device": pl.String,
+                              "trained on this split": pl.Boolean})
+    caption = (f"evaluation {config.get('name')}: split {split.get('name')}/"
+               f"{split.get('split')}, {samples.get('retrieval', 0)} samples for retrieval, "
+               f"{samples.get('zeroshot_primary', 0)} / {samples.get('zeroshot_secondary', 0)}"
+               f" with a primary / secondary label ({', '.join(labels.get('sources', []))}, "
+               f"label version {labels.get('version')}); dataset version "
+               f"{config.get('dataset_version')}")
+    return Table(df, caption=caption)
 
 
 def side_by_side_table(results: pl.DataFrame, group_by: str = "all",

@@ -52,7 +52,7 @@ def parse_model(value: str) -> tuple[str, str | None]:
               help="Images (and captions) per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Image decoding processes (0: in this process). Default: none for a split "
-                   "of two batches or fewer, else cores - 1.")
+                   "of 1,024 samples or fewer, else cores - 1.")
 @click.option("--device", default=None, help="torch device. Default: cuda when present.")
 @click.option("--name", default=None,
               help="Evaluation name: results in DATASET/eval/<name>/. Default: "
