@@ -11,10 +11,13 @@ A run writes ``DATASET/clusters/<run>/``:
     map.parquet           key, cluster, x, y: the 2-D map (:mod:`~.map2d`), computed once
     near_dups.parquet     near-duplicate groups (:mod:`~.near_dups`)
 
-Vectors stream from the store chunk by chunk (memory-mapped float16): fitting samples them,
-assignment and exemplar selection pass over them once, so memory holds a chunk, the k-means
-sample and the centroids, never all vectors. The same store, parameters and seed give the
-same run, byte for byte in its tables.
+Vectors stream from the store chunk by chunk (memory-mapped float16): the PCA samples them,
+then every vector is projected once (:func:`~.kmeans.fit_projected`: n x 64 float32, in
+memory up to :data:`~.kmeans.PROJECTED_BUDGET`, else a temporary memory-mapped file in the
+run's folder), and k-means, assignment, exemplars, the map and near-duplicates read the
+projected vectors, so memory holds a chunk of raw vectors and the projected ones (or the part
+of their file the kernel keeps), never all raw vectors. The same store, parameters and seed
+give the same run, byte for byte in its tables.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +133,8 @@ def _current_keys(figures: Path) -> list[str]:
 def _source(store: EmbeddingStore, kind: str, keys: set[str] | None,
             chunk: int) -> kmeans.Source:
     def stream() -> Iterator[tuple[list[str], np.ndarray]]:
-        return store.iter_vectors(kind, keys=keys, chunk=chunk)
+        # float16 as stored: kmeans converts block by block while projecting
+        return store.iter_vectors(kind, keys=keys, chunk=chunk, dtype=np.float16)
     return stream
 
 
@@ -152,12 +157,12 @@ def cluster(dataset: str | os.PathLike[str], cfg: ClusterConfig, *,
     """
     root = Path(dataset)
     export(root)
-    with dataset_lock(root, "cluster"):
-        return _cluster(root, cfg, embeddings, run, montages)
+    with dataset_lock(root, "cluster"), ExitStack() as cleanup:
+        return _cluster(root, cfg, embeddings, run, montages, cleanup)
 
 
 def _cluster(root: Path, cfg: ClusterConfig, embeddings: str | None, run: str | None,
-             montages: bool) -> ClusterSummary:
+             montages: bool, cleanup: ExitStack) -> ClusterSummary:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -179,9 +184,11 @@ def _cluster(root: Path, cfg: ClusterConfig, embeddings: str | None, run: str | 
     out = run_dir(root, run)
     sweep_temporaries(out)
 
-    model = kmeans.fit(source, cfg.k, dims=cfg.pca, seed=cfg.seed, backend=cfg.backend,
-                       pca_sample=cfg.pca_sample, niter=cfg.niter,
-                       sample_per_centroid=cfg.sample_per_centroid, n=len(current))
+    model, projected = kmeans.fit_projected(
+        source, cfg.k, dims=cfg.pca, seed=cfg.seed, backend=cfg.backend,
+        pca_sample=cfg.pca_sample, niter=cfg.niter, sample_per_centroid=cfg.sample_per_centroid,
+        n=len(current), folder=out)
+    cleanup.callback(projected.close)
     model.save(out / "model.npz")
     times["fit"] = time.perf_counter() - t0
 
@@ -195,7 +202,7 @@ def _cluster(root: Path, cfg: ClusterConfig, embeddings: str | None, run: str | 
     assignments = out / "assignments.parquet"
     with atomic_path(assignments) as tmp, pq.ParquetWriter(
             tmp, schema.with_metadata(meta)) as w:
-        for keys, c, d1, d2 in kmeans.assign(source, model):
+        for keys, c, d1, d2 in kmeans.assign(projected, model):
             margin = np.where(np.isfinite(d2), d2 - d1, np.float32(np.nan))
             w.write_table(pa.table({"key": keys, "cluster": c.astype(np.int32),
                                     "distance": d1, "margin": margin.astype(np.float32)},
@@ -217,11 +224,11 @@ def _cluster(root: Path, cfg: ClusterConfig, embeddings: str | None, run: str | 
     times["stats"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _write_map(out, source, model, cfg, len(current), {e["key"] for e in ex_rows})
+    _write_map(out, projected, model, cfg, len(current), {e["key"] for e in ex_rows})
     times["map"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    groups = _near_dups(out, figures, source, model, cfg, assignments)
+    groups = _near_dups(out, figures, projected, cfg, assignments)
     times["near_dups"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     nonzero = np.sort(sizes[sizes > 0])
@@ -241,15 +248,12 @@ def _cluster(root: Path, cfg: ClusterConfig, embeddings: str | None, run: str | 
     return summary
 
 
-def _write_map(out: Path, source: kmeans.Source, model: kmeans.ClusterModel,
+def _write_map(out: Path, projected: kmeans.Projected, model: kmeans.ClusterModel,
                cfg: ClusterConfig, n: int, exemplar_keys: set[str]) -> None:
     import pyarrow as pa
 
-    def projected() -> Iterator[tuple[list[str], np.ndarray]]:
-        for keys, x in source():
-            yield keys, model.project(x)
-
-    keys, pts = map2d.chosen_points(projected(), n, cfg.map_sample, cfg.seed, exemplar_keys)
+    keys, pts = map2d.chosen_points(projected.chunks(), n, cfg.map_sample, cfg.seed,
+                                    exemplar_keys)
     xy = map2d.map_coordinates(pts, cfg.map_method, cfg.seed)
     c, _, _ = kmeans.nearest_two(pts, model.centroids)
     write_parquet(pa.table({"key": keys, "cluster": c.astype(np.int32), "x": xy[:, 0],
@@ -257,8 +261,8 @@ def _write_map(out: Path, source: kmeans.Source, model: kmeans.ClusterModel,
                   out / "map.parquet")
 
 
-def _near_dups(out: Path, figures: Path, source: kmeans.Source, model: kmeans.ClusterModel,
-               cfg: ClusterConfig, assignments: Path, budget: int = 2_000_000
+def _near_dups(out: Path, figures: Path, projected: kmeans.Projected, cfg: ClusterConfig,
+               assignments: Path, budget: int = 2_000_000
                ) -> dict[str, int]:
     import pyarrow.parquet as pq
 
@@ -282,11 +286,11 @@ def _near_dups(out: Path, figures: Path, source: kmeans.Source, model: kmeans.Cl
             keys: list[str] = []
             vecs, labels = [], []
             start = 0
-            for k, x in source():
+            for k, x in projected.chunks():
                 c = clusters[start: start + len(k)]
                 m = wanted[c]
                 keys.extend(key for key, keep in zip(k, m, strict=True) if keep)
-                vecs.append(model.project(x[m]))
+                vecs.append(x[m])
                 labels.append(c[m])
                 start += len(k)
             lab = np.concatenate(labels)

@@ -195,16 +195,23 @@ class EmbeddingStore:
         return part
 
     def iter_vectors(self, kind: str, *, keys: Iterable[str] | None = None,
-                     chunk: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+                     chunk: int = 65536, dtype: Any = np.float32
+                     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """``(keys, float32 vectors)`` chunks over the store, part by part (memory-mapped;
         at most ``chunk`` rows in memory). ``keys`` keeps only those keys (e.g. the samples
-        of the dataset's current version)."""
+        of the dataset's current version).
+
+        ``dtype=np.float16`` yields the stored values unconverted: read-only views of the
+        memory maps where a chunk's rows are contiguous (nothing is read until used), for
+        consumers that convert block by block themselves (:mod:`biomedica_kit.cluster.kmeans`).
+        """
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         if kind not in self.kinds():
             raise ValueError(f"store {self.name} has no {kind} vectors")
+        raw = np.dtype(dtype) == np.float16
         wanted = pa.array(sorted(set(keys)), pa.string()) if keys is not None else None
         for part in self.parts():
             names = pq.read_table(part.parquet, columns=["key"]).column("key")
@@ -213,10 +220,15 @@ class EmbeddingStore:
             if wanted is not None:
                 mask = pc.is_in(names, value_set=wanted).to_numpy(zero_copy_only=False)
                 rows = rows[mask]
+            whole = len(rows) == len(names)  # every row: slices, not gathers
             for s in range(0, len(rows), chunk):
-                sel = rows[s: s + chunk]
-                yield (names.take(pa.array(sel)).to_pylist(),
-                       np.asarray(mm[sel], dtype=np.float32))
+                if whole:
+                    e = min(s + chunk, len(rows))
+                    got, block = names.slice(s, e - s).to_pylist(), mm[s:e]
+                else:
+                    sel = rows[s: s + chunk]
+                    got, block = names.take(pa.array(sel)).to_pylist(), mm[sel]
+                yield got, block if raw else np.asarray(block, dtype=dtype)
 
     def load(self, kind: str, keys: Sequence[str] | None = None
              ) -> tuple[list[str], np.ndarray]:
