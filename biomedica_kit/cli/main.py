@@ -16,8 +16,18 @@ from __future__ import annotations
 
 import click
 
-from biomedica_kit.cli import (build, curate, dataset, enrich, lab, labels, report, serve,
-                              splits, tables)
+from biomedica_kit.cli import (
+    build,
+    curate,
+    dataset,
+    enrich,
+    lab,
+    labels,
+    report,
+    serve,
+    splits,
+    tables,
+)
 from biomedica_kit.cli.plugins import register_plugins
 
 __all__ = ["main"]
