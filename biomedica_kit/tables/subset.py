@@ -43,7 +43,9 @@ version, also recorded in the manifest under ``derived_from.labels``). So the su
 ``key IN (SELECT key FROM labels WHERE primary_label = 'Microscopy')``) selects the same
 samples when re-run on the subset. Cluster runs are not carried (their per-cluster statistics,
 exemplars, montages and map describe the parent's samples); the labels keep each sample's
-``cluster`` and ``run``.
+``cluster`` and ``run``. Split decision files travel too (``splits/<name>.parquet`` cut to
+the selected keys, seed and fractions kept, the parent recorded), so a sample stays on the
+side of the train / test line it was on, in the subset and in any split made of it later.
 """
 
 from __future__ import annotations
@@ -320,6 +322,32 @@ def _carry_labels(parent: Path, out: Path, rows: pa.Table, selection: dict) -> d
     return carried
 
 
+def _carry_splits(parent: Path, out: Path, rows: pa.Table, selection: dict) -> list[str]:
+    """Write each of the parent's split files (``splits/<name>.parquet``) cut to the selected
+    keys, seed and fractions kept: the subset's samples stay on their side, and a later
+    ``biomedica split`` of the subset keeps them there. Returns the names carried."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from biomedica_kit.tables.splits import SPLITS_DIR
+
+    names = []
+    for src in sorted((parent / SPLITS_DIR).glob("*.parquet")):
+        if is_temporary(src):
+            continue
+        table = pq.read_table(src)
+        table = table.filter(pc.is_in(table.column("key"), value_set=rows.column("key")))
+        meta = dict(table.schema.metadata or {})
+        info = json.loads(meta.get(b"biomedica_split", b"{}"))
+        info["derived_from"] = {"dataset": selection["dataset"],
+                                "dataset_version": selection["dataset_version"]}
+        meta[b"biomedica_split"] = json.dumps(info).encode()
+        (out / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table.replace_schema_metadata(meta), out / SPLITS_DIR / src.name)
+        names.append(src.stem)
+    return names
+
+
 def subset(dataset: str | os.PathLike, where: str | None, out: str | os.PathLike, *,
            keys: str | os.PathLike | Iterable[str] | None = None,
            params: Sequence[Any] | dict[str, Any] | None = None,
@@ -411,6 +439,9 @@ def _subset(parent: Path, manifest: Manifest, rows: pa.Table, where: str | None,
     labels = _carry_labels(parent, out, rows, selection)
     if labels is not None:
         selection["labels"] = labels
+    splits = _carry_splits(parent, out, rows, selection)
+    if splits:
+        selection["splits"] = splits
     by_subset = dict.fromkeys(CATEGORIES, 0)
     for s in shards:
         by_subset[s.subset] = by_subset.get(s.subset, 0) + s.samples

@@ -137,3 +137,25 @@ def test_cli_and_the_splits_view(dataset: Path):
     assert {r[0] for r in rows} == {"v1"} and sum(r[2] for r in rows) == 97
     bad = CliRunner().invoke(main, ["split", str(dataset), "--name", "v1", "--seed", "4"])
     assert bad.exit_code == 1 and "--fresh" in bad.output
+
+
+def test_a_subset_keeps_its_samples_on_their_side(dataset: Path, tmp_path: Path):
+    from biomedica_kit.tables.subset import subset
+
+    make_split(dataset)
+    parent = dict(zip(*(read_split(dataset).column(c).to_pylist() for c in ("key", "split")),
+                      strict=True))
+    new = tmp_path / "new"
+    s = subset(dataset, "year >= 2019", new)
+    assert 0 < s.samples < 97
+    child = dict(zip(*(read_split(new).column(c).to_pylist() for c in ("key", "split")),
+                     strict=True))
+    assert child == {k: parent[k] for k in child} and len(child) == s.samples
+    assert split_info(new)["derived_from"]["dataset_version"] == s.parent_version
+    again = make_split(new)  # seed and fractions came along: every group keeps its side
+    assert again.kept == sum(again.groups.values())
+    assert dict(zip(*(read_split(new).column(c).to_pylist() for c in ("key", "split")),
+                    strict=True)) == child
+    from biomedica_kit.dataset.verify import verify
+
+    assert verify(new).ok
