@@ -206,3 +206,24 @@ def test_streams_over_http_from_biomedica_serve(dataset, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_two_ranks_under_torchrun(dataset, tmp_path):
+    """DDP as on several GPUs, with gloo on the CPU: the same command, two processes."""
+    import os
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
+           "2", str(Path(sys.executable).parent / "biomedica"), "train",
+           str(dataset), "--model", TINY_MODEL, "--batch-size", "4", "--samples-per-epoch",
+           "32", "--epochs", "2", "--workers", "1", "--log-every", "1", "--lr", "5e-4",
+           "--out", str(run)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("run ") == 1  # only rank 0 reports
+    assert "8 steps, 64 samples" in r.stdout  # 32 per epoch over 2 ranks of batch 4
+    steps = [s for s, _ in read_metrics(run)]
+    assert steps == list(range(8))
+    meta = checkpoint_meta(run / "checkpoints" / "epoch_2.pt")
+    assert meta["epoch"] == 2 and meta["step"] == 8
