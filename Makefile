@@ -27,6 +27,7 @@ demo: install labelstudio
 	bash scripts/ensure_chromium.sh
 	bash scripts/demo.sh $(DEMO_OUT)
 	bash scripts/demo_review.sh $(DEMO_OUT)
+	bash scripts/demo_train.sh $(DEMO_OUT)
 	bash scripts/demo_search.sh $(DEMO_OUT)
 
 # JupyterLab on notebooks/ with the demo dataset preselected (127.0.0.1, random token).
