@@ -38,10 +38,14 @@ def scripted_review(dataset: str | Path, run: str, *, home: str | Path | None = 
         raise FileNotFoundError(f"{run}: not pushed")
     admin_token = server.admin_credentials(home).token
     admin = LabelStudioClient(st.info.url, admin_token)
-    known = {u["email"] for u in admin.get("/api/users/")}
+    known = {u["email"] for u in admin.get("/api/users/")} & {e for e, _ in EXPERTS}
+    if known:  # their tokens are not kept: annotating as them is not possible
+        raise server.LabelStudioError(
+            f"the demo experts {sorted(known)} already exist in this server's home; run the "
+            f"scripted review against a fresh home (scripts/demo_review.sh starts one)")
     experts = {email: LabelStudioClient(st.info.url, server.add_user(
         st.info.url, admin_token, email, "demo-review-pass", personal_token=pat))
-        for email, pat in EXPERTS if email not in known}
+        for email, pat in EXPERTS}
     alternatives = {r["cluster"]: r["alternatives"] for r in proposal_rows(dataset, run)}
     ids = label_ids(load_taxonomy())
     tasks = [t for t in admin.tasks(rec["project"]) if t["data"].get("kind") == "cluster"

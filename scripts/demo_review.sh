@@ -16,6 +16,10 @@ echo "== embed + cluster (k=$K) + proposals"
 "$BIN/biomedica" embed "$DS" --workers 0 --no-progress
 "$BIN/biomedica" cluster "$DS" --k "$K" --map pca --run demo-k"$K"
 echo "== Label Studio on 127.0.0.1:$PORT"
+# A fresh server home, as the dataset is fresh: the scripted experts sign up anew (an old home
+# already has them, and their tokens were never stored), and no stale project lingers.
+"${LS[@]}" stop --home "$HOME_LS" >/dev/null 2>&1 || true
+rm -rf "$HOME_LS"
 "${LS[@]}" start --home "$HOME_LS" --port "$PORT" --files-root "$(dirname "$DS")"
 trap '"${LS[@]}" stop --home "$HOME_LS" >/dev/null' EXIT
 echo "== push"
