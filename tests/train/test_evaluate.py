@@ -350,3 +350,27 @@ def test_zero_shot_metrics_on_known_scores():
     assert res.predicted.tolist() == [0, 1, 0, 2, 1]
     assert metrics.topk_hits(scores, truth, 2).tolist() == [True, True, True, True, False]
     assert res.top5 == 1.0  # k capped at the number of classes
+
+
+# ------------------------------------------------------------------- a real training run
+
+
+def test_a_checkpoint_of_biomedica_train(ds, tmp_path):
+    """Two steps of the real trainer on the train split: its checkpoint's own record lets it
+    be evaluated on test, and refuses the train part it trained on."""
+    from biomedica_train.train import TrainConfig, train
+
+    r = train(TrainConfig(dataset=str(ds), model=TINY_MODEL, batch_size=8, lr=5e-4, warmup=0,
+                          workers=0, log_every=1, shuffle=16, samples_per_epoch=16,
+                          out=str(tmp_path / "run")))
+    ckpt = str(r.checkpoint)
+    s = evaluate(ds, [ckpt, TINY_MODEL], out=tmp_path / "eval", progress=False)
+    assert not [w for w in s.warnings if "split" in w]  # the digest it recorded matches
+    config = read_config(tmp_path / "eval")
+    recorded = config["models"][0]["checkpoint"]["split"]
+    assert recorded["name"] == "default" and recorded["used"] == ["train"]
+    assert split_digest(ds).startswith(recorded["digest"])
+    assert config["models"][0]["leakage"] is False
+    assert set(read_results(tmp_path / "eval")["model"]) == {s.models[0], TINY_MODEL}
+    with pytest.raises(LeakageError, match="'train' part of split 'default'"):
+        evaluate(ds, [ckpt], split="train", out=tmp_path / "no", progress=False)
