@@ -263,3 +263,20 @@ def test_polars_rows_from_lazy_drive_the_range_reader(ds, http, truth):
     assert set(got) <= set(truth)
     with pytest.raises(ValueError, match="location columns"):
         list(stream.stream_rows(rows.drop("json_offset"), root=ds))
+
+
+def test_decode_at_reduced_jpeg_scale_keeps_the_requested_size(ds, truth):
+    raws = [s for s in stream.make_pipeline(stream.shard_urls(ds), decode=False) if "jpg" in s]
+    assert raws, "the corpus dataset has JPEG samples"
+    reduced = 0
+    for raw in raws:
+        full = stream.decode_sample(raw, rgb=True)
+        small = stream.decode_sample(raw, rgb=True, min_size=64)
+        w, h = full["image"].size
+        sw, sh = small["image"].size
+        assert min(sw, sh) >= min(64, min(w, h))  # never below what the model asks for
+        if min(w, h) >= 128:  # big enough for a DCT scale of 2 or more
+            assert sw < w and sh < h and small["image"].mode == "RGB"
+            reduced += 1
+        assert small["caption"] == full["caption"] and small["meta"] == full["meta"]
+    assert reduced

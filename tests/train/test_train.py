@@ -158,7 +158,8 @@ def test_resume_after_kill_9(dataset, tmp_path):
 
 def test_other_settings_in_the_same_run_are_refused(dataset, tmp_path):
     run = tmp_path / "run"
-    train(_config(dataset, run, epochs=1, samples_per_epoch=16))
+    train(_config(dataset, run, epochs=1, samples_per_epoch=16, tensorboard=True))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(TrainError, match="lr"):
         train(_config(dataset, run, epochs=1, samples_per_epoch=16, lr=1e-3))
     r = train(_config(dataset, run, epochs=1, samples_per_epoch=16, lr=1e-3, fresh=True))
