@@ -168,11 +168,8 @@ def decode_sample(sample: Mapping[str, Any], *, rgb: bool = False,
     image: Image.Image | None = None
     if ext is not None:
         image = Image.open(io.BytesIO(sample[ext]))
-        if min_size and image.format == "JPEG":
-            w, h = image.size
-            scale = min(w, h) / min_size  # draft keeps the requested box inside the image
-            if scale >= 2:
-                image.draft(image.mode, (max(1, int(w / scale)), max(1, int(h / scale))))
+        if min_size:  # JPEG only (other formats ignore it), as embed.decode does
+            image.draft(image.mode, (min_size, min_size))
         image.load()
         if rgb and image.mode != "RGB":
             image = image.convert("RGB")
