@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from benchlib import start
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT.parent / "shared" / "corpus" / "figures" / "pairs.jsonl"
@@ -178,11 +178,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-embed-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"# {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.machine()}, load average "
-          f"{os.getloadavg()[0]:.1f} at start; work in {work}")
+    work = start(args.workdir, "bench-embed-")
     rows = []
     if not args.skip_embedding:
         rows.append(bench_embedding(work, args.batch_size, args.repeat))

@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import tempfile
 import time
 from pathlib import Path
+
+from benchlib import machine, start
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT.parent / "shared" / "corpus" / "figures" / "pairs.jsonl"
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the row to this file")
     args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
+    work = start(args.workdir, "bench-train-")
     ds = _dataset(work)
     bare = ours = 0.0
     for r in range(args.repeat):  # alternated, best of each: the machine's load varies
@@ -113,12 +113,11 @@ def main() -> None:
                    f"bare open_clip loop over pre-decoded batches",
            "unit": "samples/s", "ours": ours, "base": bare, "ratio": bare / ours,
            "target": "<= 1.10x time", "ok": bare / ours <= 1.10,
-           "machine": f"{os.cpu_count()} cores, {platform.python_version()}, "
-                      f"{platform.machine()}", "load": os.getloadavg()[0]}
+           "machine": machine()}
     print(f"| measurement | ours | baseline | ratio (time) | target |\n|---|---|---|---|---|\n"
           f"| {row['what']} | {ours:.1f} samples/s | {bare:.1f} samples/s | "
           f"{bare / ours:.2f}x | <= 1.10x: {'ok' if row['ok'] else 'missed'} |")
-    print(f"machine: {row['machine']}; load average {row['load']:.1f}")
+    print(f"# {row['machine']} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=2))
 
