@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biomedica_kit.base.atomic import atomic_path, atomic_write_bytes
+from biomedica_kit.base.atomic import atomic_path, atomic_write_bytes, sweep_temporaries
 from biomedica_kit.dataset.lock import dataset_lock
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.tables.splits import make_split, split_path
@@ -347,6 +347,9 @@ def train(config: TrainConfig) -> TrainResult:
         lock.__enter__()
     try:
         if master:
+            # A kill -9 mid-save leaves a checkpoint's temporary: the lock sweeps the folder
+            # itself only, the checkpoints are one level down.
+            sweep_temporaries(folder)
             _check_same_run(folder, record, config.fresh)
             if config.fresh:
                 for p in (folder / "checkpoints").glob("*.pt"):

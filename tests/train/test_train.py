@@ -144,6 +144,8 @@ def test_resume_after_kill_9(dataset, tmp_path):
     proc.wait()
     done = sorted(p.name for p in (run / "checkpoints").glob("epoch_[0-9]*.pt"))
     assert "epoch_4.pt" not in done
+    # as a kill in the middle of a save leaves it (the killed process named as its owner)
+    (run / "checkpoints" / f"{TMP_PREFIX}epoch_9.pt.{proc.pid}").write_bytes(b"half a file")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming" in (run / "out.log").read_text()
