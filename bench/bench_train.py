@@ -48,8 +48,9 @@ def _bare(ds: Path, model_name: str, batch_size: int, steps: int, warmup: int) -
     import torch
     from open_clip import ClipLoss
 
-    from biomedica_train.data import TextTemplate, select, train_loader
+    from biomedica_train.data import select, train_loader
     from biomedica_train.models import load_model, resolve_model
+    from biomedica_train.text import TextTemplate
 
     torch.manual_seed(0)
     loaded = load_model(resolve_model(model_name), output_dict=True)

@@ -7,7 +7,8 @@ it. Its commands (``biomedica train``, ``biomedica evaluate``) join the ``biomed
 through the ``biomedica.commands`` entry points.
 
 Modules: :mod:`~biomedica_train.models` (architectures, pretrained weights, checkpoints),
-:mod:`~biomedica_train.data` (streaming training data from shards),
+:mod:`~biomedica_train.text` (the text an image trains with), :mod:`~biomedica_train.data`
+(streaming training data from shards),
 :mod:`~biomedica_train.train` (the training run), :mod:`~biomedica_train.evaluate`
 (zero-shot classification and retrieval), :mod:`~biomedica_train.cli`.
 """

@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import re
-import string
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,29 +48,21 @@ from biomedica_kit.tables.connect import connect
 from biomedica_kit.tables.splits import split_info, split_path
 from biomedica_kit.tables.stream import decode_sample, make_pipeline, shard_urls, stream_rows
 from biomedica_kit.tables.subset import validate_predicate
+from biomedica_train.text import LABEL_FIELDS, LABEL_FILTERS, TextTemplate
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LABEL_FILTERS", "TEXT_PRESETS", "MixPart", "Selection", "TextTemplate",
-           "parse_mix", "sample_stream", "select", "train_loader", "val_loader"]
+__all__ = ["MixPart", "Selection", "parse_mix", "sample_stream", "select", "train_loader",
+           "val_loader"]
 
-TEXT_PRESETS: dict[str, str] = {
-    "caption": "{caption}",
-    "caption+refs": "{caption} {refs}",
-    "label+caption": "{primary_label}, {secondary_label}: {caption}",
-    "label": "a biomedical figure: {secondary_label} ({primary_label})",
-}
-LABEL_FILTERS = ("none", "any", "reviewed")
-_LABEL_FIELDS = ("primary_label", "secondary_label", "panel_type")
-_FIELDS = ("caption", "refs", "title", *_LABEL_FIELDS)
 _log = logging.getLogger(__name__)
 #: What a template field needs of a sample, as SQL over figures_labeled (the selection applies
 #: it, so counts are exact and no sample is dropped while streaming).
 _NEEDS = {"caption": "caption IS NOT NULL AND trim(caption) <> ''",
           "refs": "n_inline_refs > 0",
           "title": "coalesce(title, article_title) IS NOT NULL",
-          **{f: f"{f} IS NOT NULL" for f in _LABEL_FIELDS}}
+          **{f: f"{f} IS NOT NULL" for f in LABEL_FIELDS}}
 _MIX = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*:\s*(.+)$", re.S)
 
 
@@ -94,47 +85,6 @@ def parse_mix(values: Sequence[str]) -> list[MixPart]:
                              f"\"3:primary_label = 'Microscopy'\"")
         parts.append(MixPart(m.group(2).strip(), float(m.group(1))))
     return parts
-
-
-class TextTemplate:
-    """The text a sample trains with: a preset name or a ``str.format`` template over
-    ``caption``, ``refs``, ``title``, ``primary_label``, ``secondary_label``,
-    ``panel_type``."""
-
-    def __init__(self, text: str) -> None:
-        self.spec = text
-        self.template = TEXT_PRESETS.get(text, text)
-        names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
-        unknown = sorted(set(names) - set(_FIELDS))
-        if not names or unknown:
-            raise ValueError(f"text {text!r}: use a preset ({', '.join(TEXT_PRESETS)}) or a "
-                             f"template over {{{'}, {'.join(_FIELDS)}}}"
-                             + (f"; unknown field(s) {unknown}" if unknown else ""))
-        self.fields = tuple(dict.fromkeys(names))
-
-    @property
-    def needs_labels(self) -> bool:
-        """Whether the template uses a label field (labels must then be loaded)."""
-        return any(f in _LABEL_FIELDS for f in self.fields)
-
-    def render(self, caption: str | None, meta: dict[str, Any],
-               labels: dict[str, str | None] | None) -> str | None:
-        """The sample's text, or None when a field the template needs is missing."""
-        values: dict[str, str] = {}
-        for f in self.fields:
-            if f == "caption":
-                v = caption
-            elif f == "refs":
-                v = " ".join(s for r in meta.get("inline_refs") or []
-                             for s in (r.get("sentences") or []) if s) or None
-            elif f == "title":
-                v = meta.get("title") or meta.get("article_title")
-            else:
-                v = (labels or {}).get(f)
-            if not v or not str(v).strip():
-                return None
-            values[f] = " ".join(str(v).split())
-        return self.template.format(**values).strip()
 
 
 @dataclass
@@ -222,8 +172,8 @@ def select(dataset: str | os.PathLike[str], *, parts: Sequence[MixPart] = (),
         label_version = None
         if need_labels:
             for k, *vals in con.execute(
-                    f"SELECT key, {', '.join(_LABEL_FIELDS)} FROM labels").fetchall():
-                label_rows[k] = dict(zip(_LABEL_FIELDS, vals, strict=True))
+                    f"SELECT key, {', '.join(LABEL_FIELDS)} FROM labels").fetchall():
+                label_rows[k] = dict(zip(LABEL_FIELDS, vals, strict=True))
             lv = con.execute("SELECT max(label_version) FROM labels").fetchone()
             label_version = str(lv[0]) if lv and lv[0] is not None else None
         validation = None

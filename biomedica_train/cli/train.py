@@ -8,22 +8,24 @@ the command.
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 
 import click
 
-from biomedica_train.data import LABEL_FILTERS, TEXT_PRESETS
+from biomedica_kit.cli.options import LazyDefault, field_default
+from biomedica_train.text import LABEL_FILTERS, TEXT_PRESETS
 
 __all__ = ["train"]
 
 
-def _defaults() -> dict[str, object]:
+def _config() -> object:
+    """A TrainConfig for its defaults (imported when click needs them, not at CLI start)."""
     from biomedica_train.train import TrainConfig
 
-    return {f.name: f.default for f in fields(TrainConfig) if not callable(f.default)}
+    return TrainConfig(dataset="", model="")
 
 
-_D = _defaults()
+def _d(name: str) -> LazyDefault:
+    return field_default(_config, name)
 
 
 @click.command()
@@ -34,7 +36,7 @@ _D = _defaults()
 @click.option("--pretrained", default=None,
               help="Weights: an open_clip tag (openai, laion2b_s34b_b88k...) or a file. "
                    "Without it an architecture starts from random weights.")
-@click.option("--text", default=_D["text"], show_default=True,
+@click.option("--text", default=_d("text"), show_default=True,
               help=f"The text each image trains with: a preset ({', '.join(TEXT_PRESETS)}) "
                    "or a template over {caption}, {refs}, {title}, {primary_label}, "
                    "{secondary_label}, {panel_type}.")
@@ -43,41 +45,41 @@ _D = _defaults()
 @click.option("--mix", multiple=True,
               help="WEIGHT:PREDICATE, repeatable: draw samples from each part in proportion "
                    "to its weight (instead of --subset).")
-@click.option("--labels", type=click.Choice(LABEL_FILTERS), default=_D["labels"],
+@click.option("--labels", type=click.Choice(LABEL_FILTERS), default=_d("labels"),
               show_default=True,
               help="Keep only labelled samples: any label, or expert-reviewed ones.")
-@click.option("--split-name", default=_D["split_name"], show_default=True,
+@click.option("--split-name", default=_d("split_name"), show_default=True,
               help="Train on the 'train' side of DATASET/splits/NAME.parquet (biomedica split).")
 @click.option("--no-split", is_flag=True,
               help="Train on every sample (no held-out articles: evaluation then leaks).")
 @click.option("--base-url", default=None,
               help="Stream the shards over HTTP from where DATASET is served "
                    "(e.g. http://127.0.0.1:8765 from biomedica serve).")
-@click.option("--epochs", type=click.IntRange(min=1), default=_D["epochs"], show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=_d("epochs"), show_default=True)
 @click.option("--samples-per-epoch", type=click.IntRange(min=1), default=None,
               help="Samples per epoch (a checkpoint at every epoch's end) [default: the "
                    "selection's size].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=_D["batch_size"],
+@click.option("--batch-size", type=click.IntRange(min=1), default=_d("batch_size"),
               show_default=True, help="Per process (GPU).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_D["lr"],
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_d("lr"),
               show_default=True, help="Peak learning rate (cosine schedule).")
-@click.option("--wd", type=click.FloatRange(min=0), default=_D["wd"], show_default=True,
+@click.option("--wd", type=click.FloatRange(min=0), default=_d("wd"), show_default=True,
               help="AdamW weight decay (not on gains, biases, logit scale).")
-@click.option("--warmup", type=click.IntRange(min=0), default=_D["warmup"], show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=_d("warmup"), show_default=True,
               help="Warm-up steps (at most a tenth of the run).")
 @click.option("--precision", type=click.Choice(["auto", "amp", "amp_bf16", "fp32", "bf16"]),
-              default=_D["precision"], show_default=True,
+              default=_d("precision"), show_default=True,
               help="auto: amp on CUDA, fp32 on the CPU.")
-@click.option("--accum-freq", type=click.IntRange(min=1), default=_D["accum_freq"],
+@click.option("--accum-freq", type=click.IntRange(min=1), default=_d("accum_freq"),
               show_default=True, help="Gradient accumulation (batches per optimizer step).")
-@click.option("--grad-clip-norm", type=click.FloatRange(min=0), default=_D["grad_clip_norm"],
+@click.option("--grad-clip-norm", type=click.FloatRange(min=0), default=_d("grad_clip_norm"),
               show_default=True, help="0 disables clipping.")
-@click.option("--workers", type=click.IntRange(min=0), default=_D["workers"],
+@click.option("--workers", type=click.IntRange(min=0), default=_d("workers"),
               show_default=True, help="Data loader processes per GPU/process.")
-@click.option("--seed", type=int, default=_D["seed"], show_default=True)
-@click.option("--shuffle", type=click.IntRange(min=0), default=_D["shuffle"],
+@click.option("--seed", type=int, default=_d("seed"), show_default=True)
+@click.option("--shuffle", type=click.IntRange(min=0), default=_d("shuffle"),
               show_default=True, help="Sample shuffle buffer.")
-@click.option("--log-every", type=click.IntRange(min=1), default=_D["log_every"],
+@click.option("--log-every", type=click.IntRange(min=1), default=_d("log_every"),
               show_default=True, help="Log progress and loss every N steps.")
 @click.option("--tensorboard", is_flag=True, help="Also log to RUN/tensorboard/.")
 @click.option("--name", default=None,

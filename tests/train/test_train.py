@@ -23,8 +23,9 @@ from biomedica_kit.base.atomic import TMP_PREFIX
 from biomedica_kit.cli import main
 from biomedica_kit.labels.table import read_labels
 from biomedica_kit.tables.splits import make_split, split_keys
-from biomedica_train.data import MixPart, TextTemplate, parse_mix, sample_stream, select
+from biomedica_train.data import MixPart, parse_mix, sample_stream, select
 from biomedica_train.models import TINY_MODEL, checkpoint_meta, load_model, resolve_model
+from biomedica_train.text import TextTemplate
 from biomedica_train.train import LATEST, TrainConfig, TrainError, read_metrics, train
 
 # Two articles of the sample (15 figures): small enough for a few CPU steps to fit them.
