@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -289,14 +290,13 @@ def _save_checkpoint(args: Any, model: Any, optimizer: Any, scaler: Any, epoch: 
     if scaler is not None:
         ckpt["scaler"] = scaler.state_dict()
     path = folder / f"epoch_{epoch}.pt"
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    with atomic_path(folder / LATEST) as tmp, open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    with atomic_path(folder / LATEST) as tmp:  # the same file again: a link, not a 2nd save
+        try:
+            os.link(path, tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(path, tmp)
     return path
 
 
@@ -316,11 +316,7 @@ def _optimizer(model: Any, args: Any) -> Any:
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) a training run; see the module doc."""
-    import torch
-    from open_clip import create_loss
     from open_clip_train.distributed import init_distributed_device, is_master
-    from open_clip_train.scheduler import cosine_lr
-    from open_clip_train.train import evaluate, train_one_epoch
 
     from biomedica_kit.embed.encoders import auto_device
 
@@ -342,11 +338,9 @@ def train(config: TrainConfig) -> TrainResult:
     record = _config_record(config, spec, sel)
     if master:
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-    lock = dataset_lock(folder, f"train {folder.name}") if master else None
-    if lock is not None:
-        lock.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
         if master:
+            stack.enter_context(dataset_lock(folder, f"train {folder.name}"))
             # A kill -9 mid-save leaves a checkpoint's temporary: the lock sweeps the folder
             # itself only, the checkpoints are one level down.
             sweep_temporaries(folder)
@@ -357,17 +351,18 @@ def train(config: TrainConfig) -> TrainResult:
                 (folder / "metrics.csv").unlink(missing_ok=True)
             atomic_write_bytes(folder / "config.json",
                                json.dumps(record, indent=2, default=str).encode())
-        with _run_logging(folder / "out.log" if master else None):
-            return _run(config, spec, sel, text, folder, args, master, torch, create_loss,
-                        cosine_lr, train_one_epoch, evaluate)
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
+        stack.enter_context(_run_logging(folder / "out.log" if master else None))
+        return _run(config, spec, sel, text, folder, args, master)
 
 
 def _run(config: TrainConfig, spec: ModelSpec, sel: Selection, text: TextTemplate,
-         folder: Path, args: Any, master: bool, torch: Any, create_loss: Any, cosine_lr: Any,
-         train_one_epoch: Any, evaluate: Any) -> TrainResult:
+         folder: Path, args: Any, master: bool) -> TrainResult:
+    """The epochs of a run whose folder is locked and whose configuration is recorded."""
+    import torch
+    from open_clip import create_loss
+    from open_clip_train.scheduler import cosine_lr
+    from open_clip_train.train import evaluate, train_one_epoch
+
     torch.manual_seed(config.seed + args.rank)
     loaded = load_model(spec, device=args.device, precision=args.precision, output_dict=True)
     model = loaded.model
@@ -402,8 +397,9 @@ def _run(config: TrainConfig, spec: ModelSpec, sel: Selection, text: TextTemplat
     scheduler = cosine_lr(optimizer, args.lr, warmup, total)
     loss = create_loss(args)
     writer = MetricsWriter(folder, config.tensorboard) if master else None
-    meta = {"arch": spec.arch, "base_pretrained": spec.pretrained if not latest.is_file()
-            else _base_of(latest, spec), "run": folder.name, "dataset": str(config.dataset),
+    # A resumed run has the same settings (checked), so its base weights are spec's too.
+    meta = {"arch": spec.arch, "base_pretrained": spec.pretrained, "run": folder.name,
+            "dataset": str(config.dataset),
             "dataset_version": read_manifest(Path(config.dataset))["dataset_version"],
             "text": text.spec, **sel.describe(),
             "model_version": spec.model_version}
@@ -437,9 +433,3 @@ def _run(config: TrainConfig, spec: ModelSpec, sel: Selection, text: TextTemplat
                         if isinstance(v, (int, float)) and math.isfinite(float(v))},
                        master)
 
-
-def _base_of(latest: Path, spec: ModelSpec) -> str | None:
-    """The base weights a resumed run started from (recorded in its first checkpoint)."""
-    from biomedica_train.models import checkpoint_meta
-
-    return checkpoint_meta(latest).get("base_pretrained", spec.pretrained)
