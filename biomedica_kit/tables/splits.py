@@ -46,19 +46,21 @@ from biomedica_kit.base.atomic import write_parquet_atomic
 from biomedica_kit.dataset.lock import dataset_lock
 from biomedica_kit.dataset.manifest import read_manifest
 from biomedica_kit.tables.export import META_DIR, export
+from biomedica_kit.tables.sql import sql_literal
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DEFAULT_FRACTIONS", "SPLITS_DIR", "SPLIT_NAMES", "SplitError", "SplitSummary",
-           "group_samples", "make_split", "read_split", "split_info", "split_keys",
+__all__ = ["DEFAULT_FRACTIONS", "SPLITS_DIR", "SPLIT_META", "SPLIT_NAMES", "SplitError",
+           "SplitSummary", "group_samples", "make_split", "read_split", "split_info", "split_keys",
            "split_path"]
 
 SPLITS_DIR = "splits"
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_META = b"biomedica_split"
+#: The Parquet metadata key of a split file's record (seed, fractions, method, version...).
+SPLIT_META = b"biomedica_split"
 
 
 class SplitError(ValueError):
@@ -137,7 +139,7 @@ def group_samples(dataset: str | os.PathLike) -> pa.Table:
     figures = Path(dataset) / META_DIR / "figures.parquet"
     con = duckdb.connect()
     try:
-        con.execute(f"CREATE VIEW f AS SELECT * FROM read_parquet('{_sql_path(figures)}')")
+        con.execute(f"CREATE VIEW f AS SELECT * FROM read_parquet({sql_literal(str(figures))})")
         have = {r[0] for r in con.execute("DESCRIBE f").fetchall()}
         parts = [c for c in ("article_id", "pmcid", "doi") if c in have]
         article = ("COALESCE(" + ", ".join(f"NULLIF(CAST({c} AS VARCHAR), '')" for c in parts)
@@ -158,10 +160,6 @@ def group_samples(dataset: str | os.PathLike) -> pa.Table:
     keys = [k for k, _ in rows]
     return pa.table({"key": pa.array(keys, pa.string()),
                      "group": pa.array([groups.find(a) for _, a in rows], pa.string())})
-
-
-def _sql_path(path: Path) -> str:
-    return str(path).replace("'", "''")
 
 
 def _assign(names: list[str], fractions: dict[str, float], seed: int,
@@ -242,7 +240,7 @@ def make_split(dataset: str | os.PathLike, *, name: str = "default",
                 "groups": summary.groups, "kept_groups": len(fixed),
                 "grouping": "article_id (else pmcid, doi, key prefix), merged by image_sha256"}
         out = table.append_column("split", pa.array(splits, pa.string()))
-        out = out.replace_schema_metadata({_META: json.dumps(meta).encode()})
+        out = out.replace_schema_metadata({SPLIT_META: json.dumps(meta).encode()})
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(out, path)
     return summary
@@ -256,7 +254,7 @@ def split_info(dataset: str | os.PathLike, name: str = "default") -> dict[str, A
     if not path.is_file():
         raise SplitError(f"no split {name!r} in {dataset}: run `biomedica split {dataset}`")
     meta = pq.read_schema(path).metadata or {}
-    return dict(json.loads(meta.get(_META, b"{}")))
+    return dict(json.loads(meta.get(SPLIT_META, b"{}")))
 
 
 def read_split(dataset: str | os.PathLike, name: str = "default") -> pa.Table:

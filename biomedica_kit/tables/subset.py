@@ -329,7 +329,7 @@ def _carry_splits(parent: Path, out: Path, rows: pa.Table, selection: dict) -> l
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from biomedica_kit.tables.splits import SPLITS_DIR
+    from biomedica_kit.tables.splits import SPLIT_META, SPLITS_DIR
 
     names = []
     for src in sorted((parent / SPLITS_DIR).glob("*.parquet")):
@@ -338,10 +338,10 @@ def _carry_splits(parent: Path, out: Path, rows: pa.Table, selection: dict) -> l
         table = pq.read_table(src)
         table = table.filter(pc.is_in(table.column("key"), value_set=rows.column("key")))
         meta = dict(table.schema.metadata or {})
-        info = json.loads(meta.get(b"biomedica_split", b"{}"))
+        info = json.loads(meta.get(SPLIT_META, b"{}"))
         info["derived_from"] = {"dataset": selection["dataset"],
                                 "dataset_version": selection["dataset_version"]}
-        meta[b"biomedica_split"] = json.dumps(info).encode()
+        meta[SPLIT_META] = json.dumps(info).encode()
         (out / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table.replace_schema_metadata(meta), out / SPLITS_DIR / src.name)
         names.append(src.stem)
