@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biomedica_kit.embed.encoders import ModelUnavailable, auto_device, check_hub, file_digest
+from biomedica_kit.embed.encoders import (
+    ModelUnavailable,
+    auto_device,
+    check_open_clip_model,
+    open_clip_version,
+)
 
 __all__ = ["CHECKPOINT_META", "MODEL_CONFIG_DIR", "TINY_MODEL", "LoadedModel", "ModelSpec",
            "checkpoint_meta", "load_model", "register_model_configs", "resolve_model"]
@@ -59,9 +64,7 @@ class ModelSpec:
     @property
     def model_version(self) -> str:
         """Exact identity: architecture and weights (a file by its digest)."""
-        if self.pretrained and Path(self.pretrained).is_file():
-            return f"open_clip/{self.arch}@{file_digest(self.pretrained)}"
-        return f"open_clip/{self.arch}:{self.pretrained or 'random-init'}"
+        return open_clip_version(self.arch, self.pretrained)
 
 
 def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -112,19 +115,15 @@ def load_model(spec: ModelSpec, *, device: str | None = None, precision: str = "
                **kwargs: Any) -> LoadedModel:
     """Create the model (open_clip's ``create_model_and_transforms``) and its tokenizer.
 
-    Hub names are checked first (:func:`biomedica_kit.embed.encoders.check_hub`); any error
+    Hub and local-dir names are checked first
+    (:func:`biomedica_kit.embed.encoders.check_open_clip_model`); any error
     loading weights becomes :class:`ModelUnavailable` with the name in it. ``kwargs`` go to
     open_clip (e.g. ``aug_cfg``, ``output_dict``).
     """
     import open_clip
 
     register_model_configs()
-    if spec.arch.startswith("hf-hub:"):
-        check_hub(spec.arch[len("hf-hub:"):], "open_clip_config.json", spec.arch)
-    if spec.arch.startswith("local-dir:"):
-        folder = Path(spec.arch[len("local-dir:"):])
-        if not (folder / "open_clip_config.json").is_file():
-            raise ModelUnavailable(f"{spec.arch}: no open_clip_config.json in {folder}")
+    check_open_clip_model(spec.arch)
     dev = auto_device(device)
     try:
         model, pre_train, pre_val = open_clip.create_model_and_transforms(

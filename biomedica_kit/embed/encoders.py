@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_IMAGE_MODEL", "DEFAULT_TEXT_MODEL", "Encoder", "ImageSpec",
            "ModelUnavailable", "OpenClipEncoder", "SentenceEncoder", "TorchvisionEncoder",
-           "auto_device", "check_hub", "file_digest", "load_encoder"]
+           "auto_device", "check_hub", "check_open_clip_model", "file_digest",
+           "load_encoder", "open_clip_version"]
 
 #: The defaults work offline from what ``make`` installs (packaged weights, no download).
 DEFAULT_IMAGE_MODEL = "torchvision:mobilenet_v2"
@@ -237,6 +238,36 @@ def check_hub(repo_id: str, filename: str, what: str) -> None:
                                f"{hint}") from None
 
 
+def check_open_clip_model(model: str) -> Path | None:
+    """Fail at once (:class:`ModelUnavailable`) when an open_clip name cannot load here: an
+    ``hf-hub:`` id neither cached nor reachable, a ``local-dir:`` without
+    ``open_clip_config.json``. Returns a ``local-dir:`` folder, else None."""
+    if model.startswith("hf-hub:"):
+        check_hub(model[len("hf-hub:"):], "open_clip_config.json", model)
+    if not model.startswith("local-dir:"):
+        return None
+    folder = Path(model[len("local-dir:"):])
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelUnavailable(f"{model}: no open_clip_config.json in {folder}")
+    return folder
+
+
+def open_clip_version(model: str, pretrained: str | None = None) -> str:
+    """An open_clip model's exact identity: the hub id, or the architecture with the digest of
+    its weights file (a local snapshot's or ``pretrained``'s), its tag, or ``random-init``."""
+    if model.startswith("hf-hub:"):
+        return model
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):])
+        weights = next((folder / n for n in ("open_clip_model.safetensors",
+                                             "open_clip_pytorch_model.bin")
+                        if (folder / n).is_file()), None)
+        return f"open_clip/{model}" + (f"@{file_digest(weights)}" if weights else "")
+    if pretrained and Path(pretrained).is_file():
+        return f"open_clip/{model}@{file_digest(pretrained)}"
+    return f"open_clip/{model}:{pretrained or 'random-init'}"
+
+
 class OpenClipEncoder(Encoder):
     """An open_clip model: image and text towers in one space."""
 
@@ -244,21 +275,8 @@ class OpenClipEncoder(Encoder):
                  device: str | None = None) -> None:
         import open_clip
 
-        if model.startswith("hf-hub:"):
-            check_hub(model[len("hf-hub:"):], "open_clip_config.json", model)
-            version = model
-        elif model.startswith("local-dir:"):
-            folder = Path(model[len("local-dir:"):])
-            if not (folder / "open_clip_config.json").is_file():
-                raise ModelUnavailable(f"{model}: no open_clip_config.json in {folder}")
-            weights = next((folder / n for n in ("open_clip_model.safetensors",
-                                                 "open_clip_pytorch_model.bin")
-                            if (folder / n).is_file()), None)
-            version = f"open_clip/{model}" + (f"@{file_digest(weights)}" if weights else "")
-        elif pretrained and Path(pretrained).is_file():
-            version = f"open_clip/{model}@{file_digest(pretrained)}"
-        else:
-            version = f"open_clip/{model}:{pretrained or 'random-init'}"
+        check_open_clip_model(model)
+        version = open_clip_version(model, pretrained)
         self.device = auto_device(device)
         try:
             net, _, _ = open_clip.create_model_and_transforms(
