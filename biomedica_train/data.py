@@ -41,11 +41,10 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biomedica_kit.tables.connect import connect
-from biomedica_kit.tables.splits import split_info, split_path
+from biomedica_kit.tables.splits import split_digest, split_info
 from biomedica_kit.tables.stream import decode_sample, make_pipeline, shard_urls, stream_rows
 from biomedica_kit.tables.subset import validate_predicate
 from biomedica_train.text import LABEL_FIELDS, LABEL_FILTERS, TextTemplate
@@ -116,12 +115,6 @@ class Selection:
                 "validation_samples": 0 if self.validation is None else self.validation.num_rows}
 
 
-def _digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def select(dataset: str | os.PathLike[str], *, parts: Sequence[MixPart] = (),
            split_name: str | None = "default", labels: str = "none",
            text: TextTemplate | None = None) -> Selection:
@@ -144,7 +137,7 @@ def select(dataset: str | os.PathLike[str], *, parts: Sequence[MixPart] = (),
         digest = None
         if split_name is not None:
             split_info(dataset, split_name)  # a clear error when the split is missing
-            digest = _digest(split_path(dataset, split_name))
+            digest = split_digest(dataset, split_name)[:16]
             conds.append(f"key IN (SELECT key FROM splits WHERE name = "
                          f"'{split_name}' AND split = 'train')")
         if labels == "reviewed":

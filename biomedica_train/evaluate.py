@@ -56,7 +56,6 @@ checkpoint trained without a split (``used: ["all"]``) overlaps any split of its
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -73,7 +72,13 @@ from biomedica_kit.labels.table import SOURCES, label_versions, read_labels
 from biomedica_kit.labels.taxonomy import Taxonomy, load_taxonomy
 from biomedica_kit.tables.export import META_DIR, export
 from biomedica_kit.tables.samples import ROW_COLUMNS
-from biomedica_kit.tables.splits import SPLIT_NAMES, SplitError, split_info, split_keys, split_path
+from biomedica_kit.tables.splits import (
+    SPLIT_NAMES,
+    SplitError,
+    split_digest,
+    split_info,
+    split_keys,
+)
 from biomedica_train import metrics
 from biomedica_train.models import LoadedModel, ModelSpec, checkpoint_meta, load_model
 from biomedica_train.results import (
@@ -91,7 +96,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROMPT_TEMPLATES", "RECALL_AT", "REVIEWED", "EvalError", "EvalSummary",
            "LeakageError", "check_overlap", "class_prompts", "evaluate", "image_spec",
-           "read_results", "split_digest"]
+           "read_results"]
 
 #: Prompt templates of the zero-shot classes (module doc); ``{label}``, ``{description}``.
 PROMPT_TEMPLATES = ("a biomedical figure showing {label}.", "{label}",
@@ -141,15 +146,6 @@ class EvalSummary:
 
 
 # ------------------------------------------------------------------------------- the guard
-
-
-def split_digest(dataset: str | os.PathLike[str], name: str = "default") -> str:
-    """The sha256 (hex) of the split file ``splits/<name>.parquet``."""
-    h = hashlib.sha256()
-    with open(split_path(dataset, name), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_overlap(spec: ModelSpec, split_name: str, split: str, digest: str, *,

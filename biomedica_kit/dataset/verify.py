@@ -194,11 +194,8 @@ def _check_report(root: Path, res: VerifyResult) -> None:
 
 
 def _sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
     with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ------------------------------------------------------------------------ change from parent

@@ -90,11 +90,8 @@ def auto_device(device: str | None = None) -> str:
 
 def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
     """The first ``length`` hex digits of a file's sha256 (identifies weights in versions)."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:length]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:length]
 
 
 class Encoder(ABC):

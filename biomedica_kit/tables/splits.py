@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["DEFAULT_FRACTIONS", "SPLITS_DIR", "SPLIT_META", "SPLIT_NAMES", "SplitError",
-           "SplitSummary", "group_samples", "make_split", "read_split", "split_info", "split_keys",
-           "split_path"]
+           "SplitSummary", "group_samples", "make_split", "read_split", "split_digest",
+           "split_info", "split_keys", "split_path"]
 
 SPLITS_DIR = "splits"
 SPLIT_NAMES = ("train", "validation", "test")
@@ -263,6 +263,14 @@ def read_split(dataset: str | os.PathLike, name: str = "default") -> pa.Table:
 
     split_info(dataset, name)  # a clear error for a missing split
     return pq.read_table(split_path(dataset, name), columns=["key", "group", "split"])
+
+
+def split_digest(dataset: str | os.PathLike, name: str = "default") -> str:
+    """The sha256 (hex) of ``splits/<name>.parquet``: what a model trained on records, so an
+    evaluation can tell the same split from a changed one."""
+    split_info(dataset, name)  # a clear error for a missing split
+    with open(split_path(dataset, name), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def split_keys(dataset: str | os.PathLike, split: str, name: str = "default") -> set[str]:

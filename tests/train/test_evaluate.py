@@ -23,7 +23,7 @@ from biomedica_kit.cli import main
 from biomedica_kit.labels.table import override, read_labels, write_version
 from biomedica_kit.labels.taxonomy import load_taxonomy
 from biomedica_kit.tables.export import export
-from biomedica_kit.tables.splits import make_split, split_keys
+from biomedica_kit.tables.splits import make_split, split_digest, split_keys
 from biomedica_train import metrics
 from biomedica_train.evaluate import (
     PROMPT_TEMPLATES,
@@ -31,7 +31,6 @@ from biomedica_train.evaluate import (
     LeakageError,
     class_prompts,
     evaluate,
-    split_digest,
 )
 from biomedica_train.models import TINY_MODEL, load_model, resolve_model
 from biomedica_train.results import RESULT_COLUMNS, read_config, read_results
