@@ -4,8 +4,9 @@ An exclusive ``flock`` on the dataset folder itself: it dies with the process (a
 it) and leaves nothing that has to be cleaned up. A second writer is refused at once with a
 message naming the holder (``.writer.json``, informational only: the lock is the flock). The
 lock is re-entrant within a process, so a command may call library functions that lock too.
-Worker processes must not inherit the descriptor: :mod:`biomedica_kit.base.pool` starts its
-workers from a fork server for that reason.
+A forked child never holds it: the descriptor is closed in every child at fork (a loader
+worker that outlives a killed trainer, say, would otherwise keep the dataset locked), and
+:mod:`biomedica_kit.base.pool` starts its workers from a fork server anyway.
 """
 
 from __future__ import annotations
@@ -25,7 +26,21 @@ __all__ = ["SWEPT", "WRITER_FILE", "DatasetLocked", "dataset_lock"]
 
 WRITER_FILE = ".writer.json"
 _held: dict[str, int] = {}  # realpath -> depth, in this process
+_fds: dict[str, int] = {}  # realpath -> the locked descriptor, in this process
 _guard = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the inherited lock descriptors (only close: an unlock would
+    release the parent's lock, which shares the open file) and hold nothing."""
+    for fd in _fds.values():
+        with suppress(OSError):
+            os.close(fd)
+    _fds.clear()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class DatasetLocked(RuntimeError):
@@ -83,6 +98,7 @@ def dataset_lock(root: str | os.PathLike[str], command: str = "a command") -> It
                                 f"wait for it to finish") from None
         with _guard:
             _held[key] = 1
+            _fds[key] = fd
         _sweep(root)
         info = {"command": command, "pid": os.getpid(),
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -94,6 +110,7 @@ def dataset_lock(root: str | os.PathLike[str], command: str = "a command") -> It
         finally:
             with _guard:
                 del _held[key]
+                del _fds[key]
             (root / WRITER_FILE).unlink(missing_ok=True)
     finally:
         os.close(fd)

@@ -102,6 +102,7 @@ def train(dataset: str, model: str, pretrained: str | None, text: str, subset: s
     RUN/metrics.csv. Running the same command again resumes from the last checkpoint. On
     several GPUs: torchrun --nproc_per_node N $(which biomedica) train ...
     """
+    from biomedica_kit.dataset.lock import DatasetLocked
     from biomedica_kit.embed.encoders import ModelUnavailable
     from biomedica_train.data import parse_mix
     from biomedica_train.train import TrainConfig, TrainError
@@ -117,7 +118,7 @@ def train(dataset: str, model: str, pretrained: str | None, text: str, subset: s
             seed=seed, shuffle=shuffle, log_every=log_every, tensorboard=tensorboard,
             name=name, out=out, fresh=fresh, device=device)
         result = run_train(config)
-    except (TrainError, ModelUnavailable, ValueError, FileNotFoundError) as exc:
+    except (TrainError, DatasetLocked, ModelUnavailable, ValueError, FileNotFoundError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     if result.master:

@@ -80,6 +80,29 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path: Path):
     assert not (tmp_path / ".writer.json").exists()
 
 
+def test_a_forked_child_never_holds_the_lock(tmp_path: Path):
+    import os
+    import signal
+    import time
+
+    ready, tell = os.pipe()
+    with dataset_lock(tmp_path, "parent"):
+        child = os.fork()
+        if child == 0:  # a loader worker, say, that outlives its parent's lock
+            os.write(tell, b"up")  # (the fork hooks have run by now)
+            time.sleep(60)
+            os._exit(0)
+        assert os.read(ready, 2) == b"up"
+    try:
+        with dataset_lock(tmp_path, "next"):  # the live child kept nothing
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(tell)
+
+
 def _keys(ds: Path) -> list[str]:
     import pyarrow.parquet as pq
 
